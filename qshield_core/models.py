@@ -1,0 +1,250 @@
+"""Classical CNNs, the dynamic-weighting fusion and the QShield hybrid.
+
+Every model takes images in [0, 1] (normalisation is its first layer) and returns logits
+(N, C), so torchattacks can attack it unchanged. The hybrid returns log-probabilities, which
+are valid logits (softmax(log p) = p).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DatasetSpec, get_spec
+from .quantum import CircuitConfig, FeatureEncoder, QuantumCircuitLayer
+
+GRAD_MODES = ("paper", "differentiable")
+MODEL_NAMES = ("classical", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full")
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation inside the model, so inputs stay in [0, 1]."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class Residual(nn.Module):
+    """x + f(x) with two conv-BN-ReLU layers."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def small_cnn(channels: int, num_classes: int, widths: tuple[int, int, int]) -> nn.Sequential:
+    """A VGG-style CNN for 28x28 greyscale images: two conv stages, then a third and a head."""
+    w1, w2, w3 = widths
+    return nn.Sequential(
+        conv_bn_relu(channels, w1), conv_bn_relu(w1, w1), nn.MaxPool2d(2),
+        conv_bn_relu(w1, w2), conv_bn_relu(w2, w2), nn.MaxPool2d(2),
+        conv_bn_relu(w2, w3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Dropout(0.2), nn.Linear(w3, num_classes),
+    )
+
+
+def resnet9s(channels: int, num_classes: int, widths: tuple[int, int, int, int]) -> nn.Sequential:
+    """A compact ResNet-9 (Page's DAWNBench design at reduced width) for 32x32 colour images."""
+    c0, c1, c2, c3 = widths
+    return nn.Sequential(
+        conv_bn_relu(channels, c0),
+        conv_bn_relu(c0, c1), nn.MaxPool2d(2), Residual(c1),
+        conv_bn_relu(c1, c2), nn.MaxPool2d(2),
+        conv_bn_relu(c2, c3), nn.MaxPool2d(2), Residual(c3),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c3, num_classes),
+    )
+
+
+ARCHITECTURES = {
+    "mnist": ("small-cnn", {"widths": (16, 32, 64)}),
+    "organamnist": ("small-cnn", {"widths": (32, 64, 128)}),
+    "cifar10": ("resnet9s", {"widths": (16, 32, 64, 128)}),
+}
+
+
+def build_classifier(dataset: str, architecture: str | None = None, widths: tuple[int, ...] | None = None) -> nn.Sequential:
+    """The classical CNN for ``dataset``: ``Normalize`` then the network, logits out."""
+    spec = get_spec(dataset)
+    default_arch, kwargs = ARCHITECTURES[spec.name]
+    architecture = architecture or default_arch
+    widths = tuple(widths or kwargs["widths"])
+    factory = {"small-cnn": small_cnn, "resnet9s": resnet9s}[architecture]
+    return nn.Sequential(Normalize(spec.mean, spec.std), factory(spec.channels, spec.num_classes, widths))
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row std, max and kurtosis."""
+    mean = x.mean(-1, keepdim=True)
+    centred = x - mean
+    var = centred.pow(2).mean(-1)
+    std = var.clamp_min(1e-12).sqrt()
+    kurtosis = centred.pow(4).mean(-1) / var.clamp_min(1e-12).pow(2)
+    return std, x.max(-1).values, kurtosis
+
+
+def fusion_statistics(cnn_logits: torch.Tensor, quantum_log_probs: torch.Tensor) -> torch.Tensor:
+    """The paper's 7 statistics: std, max, kurtosis of each branch, and their Pearson correlation."""
+    a = cnn_logits - cnn_logits.mean(-1, keepdim=True)
+    b = quantum_log_probs - quantum_log_probs.mean(-1, keepdim=True)
+    corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
+    return torch.stack([*_moments(cnn_logits), *_moments(quantum_log_probs), corr], -1)
+
+
+class DynamicFusion(nn.Module):
+    """Alpha = MLP(7 statistics); p = normalise((alpha sqrt(p_cnn) + sqrt(1 - alpha^2) sqrt(p_q))^2)."""
+
+    def __init__(self, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(7, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1), nn.Sigmoid(),
+        )
+
+    def alpha(self, cnn_logits: torch.Tensor, quantum_probs: torch.Tensor) -> torch.Tensor:
+        stats = fusion_statistics(cnn_logits, quantum_probs.clamp_min(1e-10).log())
+        return self.mlp(stats).squeeze(-1)
+
+    @staticmethod
+    def fuse(cnn_logits: torch.Tensor, quantum_probs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Amplitude-level fusion; returns log-probabilities (N, C)."""
+        a = alpha.clamp(1e-6, 1 - 1e-6).unsqueeze(-1)
+        amplitude = a * F.softmax(cnn_logits, -1).clamp_min(1e-12).sqrt() + (1 - a**2).sqrt() * (
+            quantum_probs.clamp_min(1e-12).sqrt())
+        probs = amplitude.pow(2)
+        probs = probs / probs.sum(-1, keepdim=True)
+        return probs.clamp_min(1e-12).log()
+
+
+# --------------------------------------------------------------------------- hybrid
+
+
+@dataclass
+class HybridOutput:
+    """Every intermediate of one hybrid forward pass (for the app, the CLI and tests)."""
+
+    cnn_logits: torch.Tensor
+    angles: torch.Tensor
+    basis_probs: torch.Tensor
+    quantum_probs: torch.Tensor
+    alpha: torch.Tensor
+    log_probs: torch.Tensor
+
+
+class QShieldHybrid(nn.Module):
+    """CNN -> its C logits -> quantum circuit -> dynamic fusion with the CNN's own prediction.
+
+    Args:
+        cnn: the classical classifier (images in [0, 1], logits out).
+        num_classes: C.
+        circuit: the :class:`CircuitConfig`.
+        grad_mode: ``"paper"`` (quantum branch cut from autograd, fresh random projection at
+            every forward, as the published code) or ``"differentiable"`` (the fixed seeded
+            projection, gradients through the simulated circuit). Switchable at any time.
+        backend: ``"fast"``, ``"pennylane"`` or ``"paper-loop"`` (see :mod:`qshield_core.quantum`).
+        projection_seed: seed of the fixed projection used in ``differentiable`` mode.
+    """
+
+    def __init__(self, cnn: nn.Module, num_classes: int, circuit: CircuitConfig, grad_mode: str = "paper",
+                 backend: str = "fast", projection_seed: int = 0) -> None:
+        super().__init__()
+        self.cnn = cnn
+        self.num_classes = num_classes
+        self.circuit_config = circuit
+        self.encoder = FeatureEncoder(num_classes, circuit, projection_seed)
+        self.quantum = QuantumCircuitLayer(circuit, backend)
+        self.fusion = DynamicFusion()
+        self.grad_mode = grad_mode
+
+    @property
+    def grad_mode(self) -> str:
+        return self._grad_mode
+
+    @grad_mode.setter
+    def grad_mode(self, value: str) -> None:
+        if value not in GRAD_MODES:
+            raise ValueError(f"Unknown gradient mode {value!r}; choose one of {', '.join(GRAD_MODES)}.")
+        self._grad_mode = value
+
+    @property
+    def backend(self) -> str:
+        return self.quantum.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.quantum.backend = value
+
+    def quantum_branch(self, cnn_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angles, all 2^n basis probabilities, and the renormalised class distribution."""
+        paper = self._grad_mode == "paper"
+        features = cnn_logits.detach() if paper else cnn_logits
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not paper):
+            angles = self.encoder(features, random_projection=paper)
+            basis = self.quantum(angles)
+        class_probs = basis[..., : self.num_classes].float()
+        class_probs = class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)
+        return angles, basis, class_probs
+
+    def details(self, x: torch.Tensor) -> HybridOutput:
+        """The full forward pass with its intermediates."""
+        cnn_logits = self.cnn(x)
+        angles, basis, quantum_probs = self.quantum_branch(cnn_logits)
+        alpha = self.fusion.alpha(cnn_logits, quantum_probs)
+        log_probs = self.fusion.fuse(cnn_logits, quantum_probs, alpha)
+        return HybridOutput(cnn_logits, angles, basis, quantum_probs, alpha, log_probs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.details(x).log_probs
+
+
+def hybrid_circuit_for(model_name: str, spec: DatasetSpec, **overrides) -> CircuitConfig:
+    """The circuit of ``hybrid-<entanglement>`` for a dataset (the paper's defaults)."""
+    entanglement = model_name.split("-", 1)[1]
+    return CircuitConfig.for_classes(spec.num_classes, entanglement=entanglement, **overrides)
+
+
+def build_model(dataset: str, model_name: str, circuit: CircuitConfig | None = None, grad_mode: str = "paper",
+                backend: str = "fast", projection_seed: int = 0) -> nn.Module:
+    """A fresh (untrained) model by name: ``classical`` or ``hybrid-<entanglement>``."""
+    spec = get_spec(dataset)
+    if model_name == "classical":
+        return build_classifier(spec.name)
+    if not model_name.startswith("hybrid-"):
+        raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)} "
+                         "(or hybrid-ring).")
+    circuit = circuit or hybrid_circuit_for(model_name, spec)
+    return QShieldHybrid(build_classifier(spec.name), spec.num_classes, circuit, grad_mode, backend,
+                         projection_seed)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def input_gradient_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean L2 norm of d(cross-entropy)/d(input) per image (a gradient-masking diagnostic)."""
+    x = images.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return float(grad.flatten(1).norm(dim=1).mean()) if math.isfinite(float(loss)) else float("nan")

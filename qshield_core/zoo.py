@@ -1,0 +1,129 @@
+"""The model zoo: weights (safetensors) plus a JSON model card per model, saved and loaded safely.
+
+Loading never unpickles code: weights are read with ``safetensors``, the SHA-256 of the file is
+checked against the card before anything is built, and the architecture is rebuilt from the
+card's plain-JSON configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data import REPO_ROOT, get_spec
+from .models import MODEL_NAMES, QShieldHybrid, build_model
+from .quantum import CircuitConfig
+
+PRETRAINED_DIR = Path(os.environ.get("QSHIELD_PRETRAINED", REPO_ROOT / "pretrained"))
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights or card are missing, unreadable or do not match; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    weights: Path
+    card: Path
+
+
+def model_files(dataset: str, model_name: str, directory: Path | None = None) -> ModelFiles:
+    """Where ``{dataset}-{model}.safetensors`` and its ``.json`` card live."""
+    directory = Path(directory or PRETRAINED_DIR)
+    stem = f"{get_spec(dataset).name}-{model_name}"
+    return ModelFiles(directory / f"{stem}.safetensors", directory / f"{stem}.json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(model: nn.Module, card: dict, dataset: str, model_name: str, directory: Path | None = None) -> ModelFiles:
+    """Write the weights and the card (with the weights' SHA-256) side by side."""
+    files = model_files(dataset, model_name, directory)
+    files.weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(files.weights), metadata={"dataset": dataset, "model": model_name})
+    card = dict(card, weights_file=files.weights.name, weights_sha256=sha256_file(files.weights))
+    files.card.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return files
+
+
+def read_card(dataset: str, model_name: str, directory: Path | None = None) -> dict:
+    """The model card as a dict; :class:`ModelUnavailableError` when missing or not JSON."""
+    files = model_files(dataset, model_name, directory)
+    if not files.card.is_file():
+        raise ModelUnavailableError(f"Model card not found: {files.card}")
+    try:
+        return json.loads(files.card.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelUnavailableError(f"Model card {files.card} is not valid JSON ({err}).") from None
+
+
+def load_model(dataset: str, model_name: str, grad_mode: str = "paper", backend: str = "fast",
+               directory: Path | None = None, noise=None) -> tuple[nn.Module, dict]:
+    """Load a shipped model in eval mode, verifying its checksum. Returns (model, card).
+
+    ``noise`` (a :class:`~qshield_core.noise.NoiseModel`) replaces a hybrid's shipped noise model,
+    e.g. to watch how the output moves with noise strength; the weights are unchanged.
+    """
+    if model_name not in MODEL_NAMES and not model_name.startswith("hybrid-"):
+        raise ModelUnavailableError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+    files = model_files(dataset, model_name, directory)
+    card = read_card(dataset, model_name, directory)
+    if not files.weights.is_file():
+        raise ModelUnavailableError(f"Weights file not found: {files.weights}")
+    actual = sha256_file(files.weights)
+    if actual != card.get("weights_sha256"):
+        raise ModelUnavailableError(
+            f"Weights file {files.weights} does not match its model card (SHA-256 {actual[:12]}... "
+            f"expected {str(card.get('weights_sha256'))[:12]}...): it was modified or truncated. Refusing to load."
+        )
+    model = model_from_card(card, grad_mode=grad_mode, backend=backend, noise=noise)
+    try:
+        state = load_file(str(files.weights))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise ModelUnavailableError(f"Weights file {files.weights} could not be loaded: {err}") from None
+    return model.eval(), card
+
+
+def model_from_card(card: dict, grad_mode: str = "paper", backend: str = "fast", noise=None) -> nn.Module:
+    """Rebuild the (untrained) architecture a card describes."""
+    circuit = None
+    if "circuit" in card:
+        circuit = CircuitConfig.from_dict(card["circuit"])
+        if noise is not None:
+            circuit = circuit.with_noise(noise)
+    return build_model(card["dataset"], card["model"], circuit=circuit, grad_mode=grad_mode, backend=backend,
+                       projection_seed=card.get("projection_seed", 0))
+
+
+def available_models(dataset: str, directory: Path | None = None) -> list[str]:
+    """The model names that have a card for ``dataset`` (not yet verified)."""
+    return [m for m in MODEL_NAMES if model_files(dataset, m, directory).card.is_file()]
+
+
+def load_weights_into(model: nn.Module, dataset: str, model_name: str, directory: Path | None = None) -> dict:
+    """Verify and load a shipped model's weights into ``model`` (e.g. a hybrid's CNN). Returns the card."""
+    source, card = load_model(dataset, model_name, directory=directory)
+    target = model.cnn if isinstance(model, QShieldHybrid) and not isinstance(source, QShieldHybrid) else model
+    target.load_state_dict(source.state_dict(), strict=True)
+    return card
+
+
+def freeze_rng_free_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the state dict (for checkpoints)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
