@@ -1,9 +1,11 @@
-"""Command line: ``python -m qshield_core {train,evaluate,info,draw,demo} ...``."""
+"""Command line: ``python -m qshield_core {train,evaluate,table,info,draw} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
+from pathlib import Path
 
 import torch
 
@@ -36,10 +38,199 @@ def _cmd_train(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+def parse_eps(text: str) -> float:
+    """An epsilon as a decimal (``0.3``) or a fraction of 255 (``8/255``)."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/k``: the i-th of k shards (0-based)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/k, e.g. 0/4, got {text!r}") from None
+    return index, count
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="clean accuracy, or attacks with robust accuracy, ASR and attacker cost, as JSON records",
+        description="Evaluate cells (dataset x model x gradient mode x attack x eps) on a seeded, class-balanced "
+                    "subset of the test split. Resumable: cells already in --json are skipped.")
+    p.add_argument("--dataset", required=True, nargs="+", help="mnist, organamnist, cifar10 (several allowed)")
+    p.add_argument("--model", required=True, nargs="+", help="classical, hybrid-{none,linear,star,full}")
+    p.add_argument("--grad-mode", nargs="+", default=["paper"], choices=["paper", "differentiable"],
+                   help="hybrid gradient mode(s) (default: paper)")
+    p.add_argument("--attack", nargs="+", default=["none"],
+                   help="attack name(s), paper-suite, adaptive-suite, or none (clean accuracy; the default)")
+    p.add_argument("--eps", nargs="+", type=parse_eps, help="L-inf epsilon(s), e.g. 0.3 or 8/255 (default: the "
+                   "paper's per dataset); several give a sweep")
+    p.add_argument("--steps", type=int, help="override the attack's iterations (queries for Square)")
+    p.add_argument("--n", type=int, default=1000, help="points per cell (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True, type=Path, help="results file (records are appended, resumable)")
+    p.add_argument("--markdown", type=Path, help="also write Markdown tables of the whole results file here")
+    p.add_argument("--backend", default="fast", choices=["fast", "pennylane", "paper-loop"])
+    p.add_argument("--data-root")
+    p.add_argument("--source", default="auto", choices=["auto", "test", "samples"],
+                   help="test split, shipped samples, or auto (test split when present)")
+    p.add_argument("--model-dir", type=Path, help="directory of the shipped models (default pretrained/)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--shots", type=int, default=1000, help="shots per circuit estimate, for the projected cost")
+    p.add_argument("--all-attacks", action="store_true",
+                   help="also run suite members that do not apply to a model (e.g. EOT on a deterministic one)")
+    p.add_argument("--limit", type=int, help="run at most this many new cells")
+    p.add_argument("--shard", type=parse_shard, help="i/k: run only every k-th cell from the i-th")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import command_line, load_results, plan_cells, render_markdown, run_cells
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    cells = plan_cells(args.dataset, args.model, args.grad_mode, args.attack, args.eps, n=args.n, seed=args.seed,
+                       backend=args.backend, steps=args.steps, source=args.source,
+                       only_applicable=not args.all_attacks)
+    if not cells:
+        raise ValueError("No cell to run: none of the attacks applies to these models (see --all-attacks).")
+    summary = run_cells(cells, args.json, limit=args.limit, shard=args.shard, progress=not args.quiet,
+                        data_root=args.data_root, model_dir=args.model_dir, batch_size=args.batch_size,
+                        shots=args.shots, command=command_line())
+    print(f"{len(summary.ran)} cell(s) run, {len(summary.skipped)} already in {args.json}.")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(load_results(args.json), command=command_line()))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+# --------------------------------------------------------------------------- table / info / draw
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="render Markdown tables from results JSON file(s)")
+    p.add_argument("json", nargs="+", type=Path, help="results file(s) written by evaluate (merged)")
+    p.add_argument("--out", type=Path, help="write here instead of printing")
+    p.add_argument("--paper", type=Path, help="the paper's figures (default: qshield-paper-results.json)")
+    p.add_argument("--title")
+    p.set_defaults(func=_cmd_table)
+
+
+def _cmd_table(args) -> int:
+    from .evaluation import command_line, load_paper_results, load_results, render_markdown
+
+    records, seen = [], set()
+    for path in args.json:
+        if not path.is_file():
+            raise ValueError(f"Results file not found: {path}")
+        for record in load_results(path):
+            if record.get("key") not in seen:
+                seen.add(record.get("key"))
+                records.append(record)
+    paper = load_paper_results(args.paper)
+    if args.paper and paper is None:
+        raise ValueError(f"Paper results file not found: {args.paper}")
+    text = render_markdown(records, paper=paper, title=args.title, command=command_line())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out} ({len(records)} records)")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="list the shipped models with their model-card figures")
+    p.add_argument("--dataset", nargs="+", help="only these datasets")
+    p.add_argument("--model-dir", type=Path, help="directory of the shipped models (default pretrained/)")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args) -> int:
+    from .data import DATASETS, get_spec
+    from .zoo import PRETRAINED_DIR, available_models, model_files, read_card, sha256_file
+
+    directory = args.model_dir or PRETRAINED_DIR
+    datasets = [get_spec(d).name for d in args.dataset] if args.dataset else list(DATASETS)
+    header = f"{'dataset':12s} {'model':14s} {'clean acc':>9s} {'diff. acc':>9s} {'params':>9s} {'train s':>8s} " \
+             f"{'alpha':>6s}  {'weights':14s} noise"
+    print(header)
+    found = 0
+    for dataset in datasets:
+        for model in available_models(dataset, directory):
+            card = read_card(dataset, model, directory)
+            files = model_files(dataset, model, directory)
+            ok = files.weights.is_file() and sha256_file(files.weights) == card.get("weights_sha256")
+            by_mode = card.get("clean_test_accuracy_by_grad_mode") or {}
+            diff = by_mode.get("differentiable")
+            alpha = card.get("mean_alpha_test")
+            print(f"{dataset:12s} {model:14s} {100 * card['clean_test_accuracy']:8.2f}% "
+                  f"{'' if diff is None else f'{100 * diff:8.2f}%':>9s} {card.get('parameter_count', 0):9,d} "
+                  f"{card.get('train_seconds', 0):8.0f} {'' if alpha is None else f'{alpha:.3f}':>6s}  "
+                  f"{card.get('weights_sha256', '')[:12] + ('' if ok else ' BAD'):14s} "
+                  f"{card.get('noise_description', '-')}")
+            found += 1
+    if not found:
+        print(f"(no shipped models in {directory})")
+    return 0
+
+
+def _add_draw(sub) -> None:
+    from .noise import NOISE_KINDS
+    from .quantum import ENCODINGS, ENTANGLEMENTS
+
+    p = sub.add_parser("draw", help="print the QShield circuit (qml.draw)")
+    p.add_argument("--entanglement", default="full", choices=ENTANGLEMENTS)
+    p.add_argument("--noise", default="mixed", choices=NOISE_KINDS)
+    p.add_argument("--p", type=float, default=0.005, help="noise strength (default 0.005)")
+    p.add_argument("--readout", type=float, default=0.0, help="readout bit-flip probability")
+    p.add_argument("--encoding", default="enhanced", choices=ENCODINGS)
+    p.add_argument("--depth", type=int, default=1)
+    p.add_argument("--qubits", type=int, help="number of qubits (default: from --dataset's classes, else 4)")
+    p.add_argument("--dataset", help="take the qubit count from this dataset's classes")
+    p.add_argument("--variational", action="store_true", help="add trainable Rot layers")
+    p.set_defaults(func=_cmd_draw)
+
+
+def _cmd_draw(args) -> int:
+    from .data import get_spec
+    from .noise import NoiseModel
+    from .quantum import CircuitConfig
+    from .quantum import draw_text as draw
+    from .simulator import qubits_for_classes
+
+    qubits = args.qubits or (qubits_for_classes(get_spec(args.dataset).num_classes) if args.dataset else 4)
+    noise = NoiseModel(kind=args.noise, p=args.p, readout=args.readout)
+    config = CircuitConfig(n_qubits=qubits, encoding=args.encoding, entanglement=args.entanglement,
+                           depth=args.depth, variational=args.variational, noise=noise)
+    print(f"{qubits} qubits, {args.encoding} encoding, {args.entanglement} entanglement, depth {args.depth}, "
+          f"noise: {noise.describe()}")
+    print(draw(config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qshield_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_evaluate(sub)
+    _add_table(sub)
+    _add_info(sub)
+    _add_draw(sub)
     return parser
 
 

@@ -135,10 +135,11 @@ def _checkpoint_path(cfg: TrainConfig) -> Path:
     return CHECKPOINT_DIR / f"{cfg.dataset}-{cfg.model}.ckpt.pt"
 
 
-def _save_checkpoint(path: Path, model, opt, sched, epoch: int, elapsed: float, gen: torch.Generator) -> None:
+def _save_checkpoint(path: Path, model, opt, sched, epoch: int, elapsed: tuple[float, float],
+                     gen: torch.Generator) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "elapsed": elapsed, "generator": gen.get_state(),
+                "epoch": epoch, "elapsed": elapsed[0], "cpu_elapsed": elapsed[1], "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state()}, path)
 
 
@@ -166,7 +167,7 @@ def train(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, 
     steps_per_epoch = len(train_split) // cfg.batch_size
     opt, sched = make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, cpu_elapsed = 0, 0.0, 0.0
     ckpt = _checkpoint_path(cfg)
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
@@ -175,18 +176,20 @@ def train(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, 
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        start_epoch, elapsed, cpu_elapsed = state["epoch"], state["elapsed"], state.get("cpu_elapsed", 0.0)
         log(f"resumed from {ckpt} at epoch {start_epoch}")
     history = []
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss, acc = _train_epoch(model, train_split, cfg, opt, sched, gen, steps_per_epoch, epoch)
         elapsed += time.perf_counter() - t0
+        cpu_elapsed += time.process_time() - c0
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 4), "train_accuracy": round(acc, 4),
                         "seconds": round(elapsed, 1)})
         log(json.dumps(history[-1]))
-        _save_checkpoint(ckpt, model, opt, sched, epoch + 1, elapsed, gen)
+        _save_checkpoint(ckpt, model, opt, sched, epoch + 1, (elapsed, cpu_elapsed), gen)
     card = _evaluate_for_card(model, cfg, spec, train_split, test_split, data_root, elapsed, history, init_card)
+    card["train_cpu_seconds"] = round(cpu_elapsed, 1)
     files = save_model(model.to(memory_format=torch.contiguous_format), card, spec.name, cfg.model, out_dir)
     log(f"saved {files.weights} and {files.card}: clean test accuracy {card['clean_test_accuracy']:.4f}")
     return read_card(spec.name, cfg.model, out_dir)

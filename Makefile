@@ -1,0 +1,39 @@
+# QShield: one command runs the app, one runs the tests (each sets itself up first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+
+.PHONY: setup run test lint demo bench train results screenshots clean
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install everything
+
+run: setup  ## start the Streamlit app on the shipped models and samples
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true
+
+test: setup  ## lint, then the whole test suite (browser tests need Debian's chromium)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: setup  ## a short CLI demo on the shipped models and samples
+	$(PY) -m qshield_core demo --dataset mnist
+
+bench: setup  ## benchmarks (timings as ratios measured in one run)
+	$(PY) bench/bench_backends.py
+	$(PY) bench/bench_app.py
+
+train: setup  ## retrain every shipped model from scratch (about 60 minutes on 2 CPU cores)
+	bash scripts/train_all.sh
+
+results: setup  ## regenerate results/*.json and their tables (long; resumable)
+	bash scripts/run_results.sh
+
+clean:
+	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache

@@ -1,0 +1,241 @@
+"""Streamlit plumbing shared by the pages: the sidebar, cached model loading, background jobs.
+
+Nothing here computes anything about models or attacks: it only decides *which* library call
+to make with which settings, and caches what the library returns.
+
+- Models: ``st.cache_resource`` once per process per (dataset, model, gradient mode, noise),
+  so a model instance is never mutated by a session (switching a gradient mode picks another
+  instance instead of flipping an attribute that other sessions share).
+- Per-user choices: ``st.session_state`` under keys starting with ``qs_``.
+- Long work: a process-wide thread pool; a session keeps only its own :class:`Job` handle in
+  its session state and polls it from a fragment, so the page stays usable meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from qshield_core import lab
+from qshield_core.data import DataError, get_spec
+from qshield_core.models import GRAD_MODES
+from qshield_core.noise import NOISE_KINDS, NoiseModel
+from qshield_core.quantum import CircuitConfig
+from qshield_core.zoo import ModelUnavailableError
+
+DATASETS = ("mnist", "organamnist", "cifar10")
+HYBRID_CHOICES = ("hybrid-full", "hybrid-star", "hybrid-linear", "hybrid-none")
+SHIPPED_NOISE = "as trained"
+NOISE_STRENGTHS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+READOUT_ERRORS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+GRAD_MODE_HELP = (
+    "paper: as the published code, the quantum branch is cut from autograd and its random projection "
+    "is redrawn at every call (gradient masking). differentiable: the same weights, a fixed projection "
+    "and real gradients through the simulated circuit (what an adaptive attacker uses)."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sidebar's choices for this session."""
+
+    dataset: str
+    hybrid: str
+    grad_mode: str
+    noise: NoiseModel | None
+    """None means the noise model each hybrid was trained with (its card's)."""
+
+    @property
+    def noise_key(self) -> tuple | None:
+        return None if self.noise is None else tuple(sorted(self.noise.to_dict().items()))
+
+    def noise_label(self) -> str:
+        return "as trained" if self.noise is None else self.noise.describe()
+
+
+def sidebar() -> Settings:
+    """Draw the shared sidebar and return (and store) the session's settings."""
+    with st.sidebar:
+        st.markdown("### QShield")
+        dataset = st.selectbox("Dataset", DATASETS, key="qs_dataset", format_func=lambda d: get_spec(d).display_name)
+        hybrid = st.selectbox("Hybrid model", HYBRID_CHOICES, key="qs_hybrid",
+                              help="The circuit's entanglement pattern (hybrid-full is the paper's main model).")
+        grad_mode = st.radio("Hybrid gradient mode", GRAD_MODES, key="qs_grad_mode", horizontal=True,
+                             help=GRAD_MODE_HELP)
+        kind = st.selectbox("Noise model", (SHIPPED_NOISE, *NOISE_KINDS), key="qs_noise_kind",
+                            help="Replaces the circuit's noise model at inference; the weights stay the same.")
+        noise = None
+        if kind != SHIPPED_NOISE:
+            p = 0.0
+            if kind not in ("none", "thermal"):
+                p = st.select_slider("Noise strength p", NOISE_STRENGTHS, value=0.005, key="qs_noise_p")
+            readout = st.select_slider("Readout error", READOUT_ERRORS, value=0.0, key="qs_readout")
+            noise = NoiseModel(kind=kind, p=p, readout=readout)
+        settings = Settings(dataset, hybrid, grad_mode, noise)
+        _model_status(settings)
+    st.session_state["qs_settings"] = settings
+    return settings
+
+
+def settings() -> Settings:
+    """The settings the sidebar stored on this run."""
+    return st.session_state["qs_settings"]
+
+
+def _model_status(s: Settings) -> None:
+    st.markdown("**Models**")
+    for name in ("classical", s.hybrid):
+        loaded = get_model(s.dataset, name, s.grad_mode, s.noise)
+        if loaded.model is None:
+            st.error(f"{name}: unavailable. {loaded.error}", icon="⛔")
+        else:
+            acc = loaded.card.get("clean_test_accuracy")
+            acc_text = f"{100 * acc:.2f} % clean test accuracy" if acc is not None else "no accuracy on card"
+            st.caption(f"✅ {name}: {acc_text}")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@st.cache_resource(max_entries=48, show_spinner="Loading model…")
+def _load(dataset: str, model_name: str, grad_mode: str, noise_key: tuple | None) -> lab.LoadedModel:
+    """Raises on failure, and Streamlit does not cache exceptions: a repaired file is picked up."""
+    noise = None if noise_key is None else NoiseModel(**dict(noise_key))
+    return lab.load(dataset, model_name, grad_mode=grad_mode, noise=noise)
+
+
+def get_model(dataset: str, model_name: str, grad_mode: str = "paper", noise: NoiseModel | None = None
+              ) -> lab.LoadedModel:
+    """A shared, read-only model instance, or a :class:`lab.LoadedModel` whose ``error`` says why not."""
+    is_hybrid = model_name != "classical"
+    key = None if (noise is None or not is_hybrid) else tuple(sorted(noise.to_dict().items()))
+    try:
+        return _load(dataset, model_name, grad_mode if is_hybrid else "paper", key)
+    except ModelUnavailableError as err:
+        return lab.LoadedModel(dataset, model_name, grad_mode if is_hybrid else None, None, {}, str(err))
+
+
+def model_set(s: Settings, both_modes: bool = False) -> dict[str, lab.LoadedModel]:
+    """The models a page compares, by display key: classical, the hybrid, optionally its other mode."""
+    models = {"classical": get_model(s.dataset, "classical")}
+    modes = GRAD_MODES if both_modes else (s.grad_mode,)
+    for mode in modes:
+        models[f"{s.hybrid} ({mode})"] = get_model(s.dataset, s.hybrid, mode, s.noise)
+    return models
+
+
+def twin_of(s: Settings) -> lab.LoadedModel:
+    """The hybrid's differentiable twin (the BPDA surrogate)."""
+    return get_model(s.dataset, s.hybrid, "differentiable", s.noise)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def samples_of(dataset: str) -> list[dict]:
+    """The shipped samples as plain dicts (cacheable)."""
+    return lab.sample_table(dataset)
+
+
+# --------------------------------------------------------------------------- background jobs
+
+
+@dataclass
+class Job:
+    """A long computation running in the process-wide pool on behalf of one session."""
+
+    title: str
+    future: Future
+    progress: lab.Progress
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+@st.cache_resource
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="qshield-job")
+
+
+def start_job(key: str, title: str, work: Callable[[lab.Progress, threading.Event], Any]) -> Job:
+    """Run ``work(progress, cancel)`` in the background and keep its handle in this session."""
+    progress = lab.Progress()
+    cancel = threading.Event()
+    job = Job(title, _pool().submit(work, progress, cancel), progress, cancel)
+    st.session_state[key] = job
+    return job
+
+
+def job_of(key: str) -> Job | None:
+    return st.session_state.get(key)
+
+
+def show_job(key: str, on_result: Callable[[Any], None]) -> None:
+    """Poll this session's job every half second; hand its result over when it ends."""
+
+    @st.fragment(run_every=0.5)
+    def _poll() -> None:
+        job = job_of(key)
+        if job is None:
+            return
+        if not job.done:
+            fraction, message = job.progress.snapshot()
+            st.progress(fraction, text=f"{job.title}: {message} ({time.perf_counter() - job.started:.0f} s)")
+            if st.button("Stop", key=f"{key}_stop"):
+                job.cancel.set()
+            return
+        del st.session_state[key]
+        try:
+            on_result(job.future.result())
+        except Exception as err:
+            st.session_state[f"{key}_error"] = f"{type(err).__name__}: {err}"
+        st.rerun()
+
+    if job_of(key) is not None:
+        _poll()
+    error = st.session_state.pop(f"{key}_error", None)
+    if error:
+        st.error(f"The background run failed: {error}")
+
+
+# --------------------------------------------------------------------------- image pickers
+
+
+def pick_sample(dataset: str, key: str) -> dict | None:
+    """A shipped sample chosen by class and position; None (with a message) when none are shipped."""
+    try:
+        table = samples_of(dataset)
+    except DataError as err:
+        st.error(f"No shipped samples: {err}")
+        return None
+    spec = get_spec(dataset)
+    classes = sorted({row["label"] for row in table})
+    left, right = st.columns(2)
+    label = left.selectbox("Class", classes, key=f"{key}_class", format_func=lambda c: f"{c}: {spec.class_names[c]}")
+    rows = [row for row in table if row["label"] == label]
+    position = right.selectbox("Sample", range(len(rows)), key=f"{key}_pos",
+                               format_func=lambda i: f"{rows[i]['split']} #{rows[i]['index']}")
+    return rows[min(position, len(rows) - 1)]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def sample_pixels(entry: dict) -> np.ndarray:
+    """The (C, H, W) float pixels of a shipped sample (cached)."""
+    return lab.sample_image(entry).numpy()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def circuit_png(config_json: str, angles: tuple) -> bytes:
+    """PennyLane's drawing of the circuit with these angles, as PNG bytes (cached)."""
+    config = CircuitConfig.from_dict(json.loads(config_json))
+    shaped = np.asarray(angles, dtype=np.float64).reshape(config.n_qubits, -1)
+    return lab.circuit_png(config, shaped[:, 0] if config.encoding == "angle" else shaped)

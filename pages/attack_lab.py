@@ -1,0 +1,126 @@
+"""Attack Lab: one image, one attack, the classical CNN and the hybrid side by side."""
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+import torch
+
+from pages import _shared as ui
+from qshield_core import lab, viz
+from qshield_core.data import ImageInputError, get_spec, prepare_upload
+
+s = ui.settings()
+spec = get_spec(s.dataset)
+st.title("⚔️ Attack Lab")
+st.caption(
+    "Pick an image and an attack: the same attack is run against the classical CNN and the hybrid, and you see "
+    "what it changed, what each model now says, and what it cost the attacker."
+)
+
+# ----------------------------------------------------------------- the image
+source = st.radio("Image", ("Shipped sample", "Random sample", "Upload"), horizontal=True, key="lab_source")
+image: np.ndarray | None = None
+label: int | None = None
+caption = ""
+if source == "Shipped sample":
+    entry = ui.pick_sample(s.dataset, "lab")
+    if entry is not None:
+        image, label, caption = ui.sample_pixels(entry), entry["label"], entry["title"]
+elif source == "Random sample":
+    table = ui.samples_of(s.dataset)
+    pick_key = f"lab_random_{s.dataset}"
+    if st.button("🎲 Draw another", key="lab_draw") or pick_key not in st.session_state:
+        st.session_state[pick_key] = int(np.random.default_rng().integers(len(table)))
+    entry = table[st.session_state[pick_key] % len(table)]
+    image, label, caption = ui.sample_pixels(entry), entry["label"], entry["title"]
+else:
+    st.caption(f"PNG or JPEG, at most {lab.UPLOAD_LIMITS}. It is converted to {spec.image_size}×{spec.image_size} "
+               f"{'greyscale' if spec.channels == 1 else 'colour'} for the {spec.display_name} models.")
+    upload = st.file_uploader("Your image", type=["png", "jpg", "jpeg"], key=f"lab_upload_{s.dataset}")
+    if upload is not None:
+        try:
+            prepared = prepare_upload(upload.getvalue(), s.dataset)
+        except ImageInputError as err:
+            st.error(f"This upload cannot be used: {err}")
+        else:
+            for note in prepared.notes:
+                st.info(note, icon="ℹ️")
+            image, caption = prepared.tensor.numpy(), upload.name
+            label = st.selectbox("True class (if you know it)", [None, *range(spec.num_classes)],
+                                 key=f"lab_upload_label_{s.dataset}",
+                                 format_func=lambda c: "unknown" if c is None else f"{c}: {spec.class_names[c]}")
+
+# ----------------------------------------------------------------- the attack
+choices = lab.attack_choices(s.dataset)
+names = [c.name for c in choices]
+by_name = {c.name: c for c in choices}
+col_attack, col_eps, col_steps = st.columns([2, 2, 1])
+attack = col_attack.selectbox("Attack", names, key="lab_attack", format_func=lambda n: by_name[n].display_name,
+                              index=names.index("pgd") if "pgd" in names else 0)
+choice = by_name[attack]
+eps_lo, eps_hi = choice.eps_range
+eps_255 = col_eps.slider("Strength ε (L∞, in 1/255 of the pixel range)", round(eps_lo * 255), round(eps_hi * 255),
+                         round(choice.default_eps * 255) if choice.default_eps else round(spec.paper_eps * 255),
+                         key=f"lab_eps_{s.dataset}", disabled=not choice.uses_eps,
+                         help="The largest change the attack may make to any pixel. "
+                              f"The paper used {spec.paper_eps * 255:.0f}/255 on {spec.display_name}.")
+steps = col_steps.number_input("Steps", 1, choice.max_steps, choice.default_steps or 1, key=f"lab_steps_{attack}",
+                               disabled=not choice.uses_steps)
+st.caption(choice.description)
+both_modes = st.toggle("Also attack the hybrid in its other gradient mode", key="lab_both_modes",
+                       help=ui.GRAD_MODE_HELP)
+
+if image is None:
+    st.info("Choose an image to attack.")
+    st.stop()
+
+models = ui.model_set(s, both_modes=both_modes)
+twin = ui.twin_of(s)
+classical = models["classical"]
+for key, loaded in models.items():
+    if not loaded.available:
+        st.error(f"**{key}** is unavailable and is left out: {loaded.error}", icon="⛔")
+usable = {k: m for k, m in models.items() if m.available}
+if not usable:
+    st.stop()
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _compare(dataset: str, image_hash: str, label: int | None, attack: str, eps: float | None, steps: int | None,
+             model_keys: tuple, _image: np.ndarray, _models: dict, _twin, _classical) -> lab.Comparison:
+    return lab.compare_attack(dataset, torch.from_numpy(_image), label, attack, _models, eps=eps, steps=steps,
+                              twin=_twin, classical=_classical)
+
+
+image_hash = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+model_keys = (tuple(sorted(usable)), s.noise_key)
+with st.spinner(f"Running {choice.display_name} on {len(usable)} models…"):
+    result = _compare(s.dataset, image_hash, label, attack, eps_255 / 255 if choice.uses_eps else None,
+                      int(steps) if choice.uses_steps else None, model_keys, image, usable,
+                      twin if twin.available else None, classical if classical.available else None)
+
+for notice in result.notices:
+    getattr(st, notice.level)(notice.text)
+
+# ----------------------------------------------------------------- side by side
+st.markdown(f"**Image:** {caption}" + (f" · true class **{spec.class_names[label]}**" if label is not None else ""))
+columns = st.columns(len(result.outcomes))
+for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
+    with column:
+        st.subheader(key)
+        badge = ":red-badge[⚠️ FLIPPED]" if out.flipped else ":green-badge[✅ HELD]"
+        names_ = spec.class_names
+        st.markdown(f"{badge} &nbsp; **{names_[out.clean_pred]}** → **{names_[out.adv_pred]}**"
+                    + ("" if out.clean_correct in (None, True) else " · (already wrong before the attack)"))
+        left, mid = st.columns(2)
+        left.plotly_chart(viz.image_figure(out.image, "original", height=170), key=f"orig_{key}")
+        mid.plotly_chart(viz.image_figure(out.adv_image, "adversarial", height=170), key=f"adv_{key}")
+        st.plotly_chart(viz.perturbation_figure(out.perturbation, out.linf, out.l2, height=200), key=f"pert_{key}")
+        st.plotly_chart(viz.topk_figure(out.clean_probs, out.adv_probs, names_, k=5, label=label), key=f"topk_{key}")
+        st.markdown(
+            f"⏱️ attacker time **{out.seconds * 1000:.0f} ms** · passes: **{out.forwards:.0f}** forward, "
+            f"**{out.backwards:.0f}** backward" + (f"  \n🎯 gradients from: {out.gradient_source}"
+                                                   if out.gradient_source else ""))
+with st.expander("Exact attack parameters"):
+    st.json({k: o.params for k, o in result.outcomes.items()})

@@ -1,0 +1,106 @@
+"""Attacker Cost: what each attack costs against the hybrid compared with the classical CNN."""
+
+import streamlit as st
+
+from pages import _shared as ui
+from qshield_core import lab, viz
+from qshield_core.data import get_spec
+
+s = ui.settings()
+spec = get_spec(s.dataset)
+st.title("⏱️ Attacker Cost")
+st.caption(
+    "The paper argues that the hybrid makes attacks 22× to 247× more expensive (HQCNN-Full over the CNN, on the "
+    "authors' laptop GPU). Here: the attacker's wall time and forward/backward passes per image, hybrid over "
+    "classical, on this machine, and what the same attack would need on a real quantum device."
+)
+
+st.markdown(
+    """
+**Where a time gap comes from.** Passes per image are a property of the *attack* (PGD-10 needs 10 forward and 10
+backward passes whatever the model), so the hybrid-over-classical ratio of passes is about 1. A time ratio far
+above 1 therefore comes from how expensive *one pass* is: the paper's code rebuilt a PennyLane circuit and ran it
+once per image in a Python loop, which dominates its timings. This project simulates the same 4-qubit circuit
+exactly in one batched matrix product, so the hybrid costs little more than the CNN: the paper's "attacker cost"
+is mostly the simulator, not the model.
+"""
+)
+
+metric = st.radio("Ratio of", ("seconds_ratio", "passes"), horizontal=True, key="ac_metric",
+                  format_func=lambda m: "wall time per image" if m == "seconds_ratio" else "forward passes per image")
+
+
+def _show(frame, key: str) -> None:
+    """The ratio chart and the full table for one cost frame."""
+    data = frame.copy()
+    if metric == "passes":
+        data["passes"] = data["hybrid fwd/img"] / data["classical fwd/img"].clip(lower=1e-12)
+    st.plotly_chart(viz.cost_ratio_figure(data, metric), key=key)
+    st.dataframe(frame.drop(columns=["series"]), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                for c in frame.columns if frame[c].dtype.kind == "f"})
+
+
+st.subheader("From the committed results")
+records, problems = lab.load_results()
+for problem in problems:
+    st.error(problem)
+committed = lab.cost_frame(records, s.dataset)
+if committed.empty:
+    st.warning(
+        f"No attack timings for {spec.display_name} are committed yet (`results/*.json`). No figures are shown "
+        "rather than invented ones: measure them below on the shipped images, or run the commands on the About page."
+    )
+else:
+    _show(committed, "ac_committed")
+    st.caption("Paper hybrid/CNN time: the paper's own ratio (HQCNN-Full over CNN) for the same attack.")
+
+st.subheader("Measure now")
+st.caption(
+    "Runs the paper's eight attacks at its ε on a few shipped images against the classical CNN and the sidebar's "
+    "hybrid, in the background. The app lowers the budget of the slowest attacks; ratios stay comparable because "
+    "both models get the same budget."
+)
+with st.form("ac_form"):
+    left, right = st.columns(2)
+    n_images = left.slider("Images", 10, 50, 10, step=10, key="ac_n")
+    attacks = right.multiselect("Attacks", list(lab.PAPER_ATTACKS), default=["fgsm", "pgd", "square"],
+                                format_func=lambda n: lab.ATTACKS[n].display_name, key="ac_attacks")
+    submitted = st.form_submit_button("Measure", type="primary", disabled=ui.job_of("ac_job") is not None)
+if submitted and attacks:
+    models = ui.model_set(s, both_modes=True)
+    twin, classical = ui.twin_of(s), models["classical"]
+    dataset = s.dataset
+
+    def work(progress, cancel):
+        return lab.sweep(dataset, models, attacks, [spec.paper_eps], n_images, twin=twin, classical=classical,
+                         progress=progress, cancel=cancel)
+
+    ui.start_job("ac_job", f"{len(attacks)} attacks on {n_images} images", work)
+
+
+def _keep(result: lab.Sweep) -> None:
+    st.session_state["ac_result"] = result
+
+
+ui.show_job("ac_job", _keep)
+fresh: lab.Sweep | None = st.session_state.get("ac_result")
+if fresh is not None and fresh.records:
+    measured = lab.cost_frame(fresh.records, fresh.records[0]["dataset"])
+    if not measured.empty:
+        st.markdown(f"**Measured just now** on {fresh.records[0]['n']} shipped images "
+                    f"({get_spec(fresh.records[0]['dataset']).display_name}).")
+        _show(measured, "ac_fresh")
+
+st.subheader("On a real quantum device")
+st.markdown(
+    "The *circuit runs per image* column counts how many times an attacker would have to run the circuit if it "
+    "only existed on quantum hardware (multiply by the shots per estimate):"
+)
+for mode, text in lab.circuit_cost_assumptions().items():
+    st.markdown(f"- **{mode} mode**: {text}.")
+st.info(
+    "A 4-qubit circuit is trivial to simulate classically, and the paper's circuit is public: a white-box attacker "
+    "needs no quantum device at all. These counts show what the cost argument would require, not a real barrier.",
+    icon="⚠️",
+)

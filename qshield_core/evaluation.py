@@ -1,0 +1,950 @@
+"""Evaluation: attacks with counted cost, robustness metrics with intervals, resumable runs, tables.
+
+One *cell* is (dataset, model, gradient mode, attack, epsilon, n, seed): a seeded, class-balanced
+set of test points, attacked in batches, measured, and written as one JSON record. Cells are
+independent, so a list of them can be split over processes or machines (``shard``) and merged.
+
+Definitions (the paper's, made explicit):
+
+- clean accuracy: share of the n points the model classifies correctly;
+- robust accuracy: share of the n points classified correctly both before and after the attack;
+- attack success rate (ASR): among the points classified correctly before the attack, the share
+  misclassified after it (so robust accuracy = clean accuracy x (1 - ASR));
+- 95 % Wilson score intervals for all three.
+
+In the stochastic ``paper`` mode (a fresh random projection at every forward pass) the clean and
+the adversarial predictions of a batch are taken with the same random draw (the generator is
+reseeded before each), so an image the attack leaves unchanged keeps its prediction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import (
+    ATTACKS,
+    PAPER_ATTACKS,
+    build_from_params,
+    expand_attacks,
+    get_attack,
+    resolve_params,
+    validate_eps,
+)
+from .data import REPO_ROOT, dataset_available, get_spec, list_samples, load_samples, load_split
+from .models import QShieldHybrid, input_gradient_norm
+
+SCHEMA = "qshield.results/1"
+DEFAULT_SHOTS = 1000
+EVAL_SEED_OFFSET = 7919
+PAPER_RESULTS_CANDIDATES = (
+    REPO_ROOT / "assets" / "paper" / "qshield-paper-results.json",
+    REPO_ROOT.parent / "shared" / "paper" / "qshield-paper-results.json",
+)
+PAPER_MODELS = {"CNN": "classical", "HQCNN-None": "hybrid-none", "HQCNN-Linear": "hybrid-linear",
+                "HQCNN-Star": "hybrid-star", "HQCNN-Full": "hybrid-full"}
+PAPER_DATASETS = {"MNIST": "mnist", "OrganAMNIST": "organamnist", "CIFAR-10": "cifar10"}
+PROTOCOL_NOTE = (
+    "robust accuracy = correct before and after the attack, over all n points; ASR = misclassified after the "
+    "attack among the points correct before it; 95 % Wilson intervals; in the stochastic paper mode the clean "
+    "and adversarial predictions of a batch share one random draw"
+)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and counts, per sample, the forward passes and the backward passes through it.
+
+    A forward pass of a batch of B adds B to ``forward_samples``. Every time autograd computes
+    the gradient of the output (a tensor hook on it), the rows of that gradient are added to
+    ``backward_samples``: a full Jacobian (DeepFool) counts one backward pass per class, a
+    forward pass run without autograd or never differentiated counts none.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # torchattacks restores this mode on the model after an attack
+        self.reset()
+
+    def reset(self) -> None:
+        self.forward_samples = 0
+        self.backward_samples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.forward_samples += int(x.shape[0])
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.backward_samples += int(grad.shape[0])
+
+
+# --------------------------------------------------------------------------- one attack
+
+
+@dataclass
+class AttackOutcome:
+    """What one attack on one batch produced and cost (the app's Attack Lab shows this)."""
+
+    attack: str
+    params: dict
+    labels: torch.Tensor
+    adv_images: torch.Tensor
+    clean_pred: torch.Tensor
+    adv_pred: torch.Tensor
+    clean_probs: torch.Tensor
+    adv_probs: torch.Tensor
+    seconds: float
+    seconds_per_image: float
+    forwards_per_image: float
+    backwards_per_image: float
+    surrogate_forwards_per_image: float | None = None
+    surrogate_backwards_per_image: float | None = None
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.clean_pred == self.labels
+
+    @property
+    def adv_correct(self) -> torch.Tensor:
+        return self.adv_pred == self.labels
+
+    @property
+    def flipped(self) -> torch.Tensor:
+        """Correct before the attack, wrong after it (per image)."""
+        return self.clean_correct & ~self.adv_correct
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy (One-Pixel's differential evolution) and torch's global generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Class probabilities, with torch's generator seeded first (fixes the paper mode's draw)."""
+    seed_all(seed)
+    return F.softmax(model(images).float(), dim=-1)
+
+
+def perturbation_norms(images: torch.Tensor, adv_images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image L-inf and L2 norms of the perturbation and the number of pixels changed (L0)."""
+    delta = (adv_images - images).flatten(1)
+    changed = (adv_images != images).any(dim=1).flatten(1).sum(1)
+    return {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1), "l0_pixels": changed}
+
+
+def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack_name: str, dataset: str,
+               eps: float | None = None, steps: int | None = None, surrogate: nn.Module | None = None, seed: int = 0,
+               **overrides) -> AttackOutcome:
+    """Attack one batch and measure it: predictions before/after, wall time, counted passes.
+
+    ``surrogate`` is the model the gradient is taken on for transfer and BPDA attacks. Torch's
+    generator is seeded with ``seed`` before the attack and with ``seed + EVAL_SEED_OFFSET``
+    before each of the clean and adversarial evaluations. Cheap enough for a single image.
+    """
+    params = resolve_params(attack_name, dataset, eps, steps, seed, **overrides)
+    target = CountingModel(model)
+    counted_surrogate = CountingModel(surrogate) if surrogate is not None else None
+    attack = build_from_params(attack_name, target, dataset, params, counted_surrogate)
+    clean_probs = predict_probs(model, images, seed + EVAL_SEED_OFFSET)
+    seed_all(seed)
+    start = time.perf_counter()
+    adv_images = attack(images, labels).detach()
+    seconds = time.perf_counter() - start
+    adv_probs = predict_probs(model, adv_images, seed + EVAL_SEED_OFFSET)
+    for m in (model, surrogate):
+        if m is not None:
+            m.zero_grad(set_to_none=True)
+    n = max(int(images.shape[0]), 1)
+    return AttackOutcome(
+        attack=get_attack(attack_name).name, params=params, labels=labels.clone(), adv_images=adv_images,
+        clean_pred=clean_probs.argmax(-1), adv_pred=adv_probs.argmax(-1), clean_probs=clean_probs,
+        adv_probs=adv_probs, seconds=seconds, seconds_per_image=seconds / n,
+        forwards_per_image=target.forward_samples / n, backwards_per_image=target.backward_samples / n,
+        surrogate_forwards_per_image=None if counted_surrogate is None else counted_surrogate.forward_samples / n,
+        surrogate_backwards_per_image=None if counted_surrogate is None else counted_surrogate.backward_samples / n,
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must lie in [0, {trials}], got {successes}.")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def attack_metrics(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor | None = None) -> dict:
+    """Clean accuracy, robust accuracy and ASR (see the module docstring) with Wilson intervals."""
+    labels, clean_pred = torch.as_tensor(labels), torch.as_tensor(clean_pred)
+    n = int(labels.numel())
+    correct = clean_pred == labels
+    k_clean = int(correct.sum())
+    out = {"n": n, "n_clean_correct": k_clean, "clean_accuracy": k_clean / n if n else float("nan"),
+           "clean_accuracy_ci": list(wilson_interval(k_clean, n))}
+    if adv_pred is None:
+        return out
+    robust = correct & (torch.as_tensor(adv_pred) == labels)
+    k_robust = int(robust.sum())
+    k_fooled = k_clean - k_robust
+    out.update({
+        "n_robust": k_robust, "n_fooled": k_fooled,
+        "robust_accuracy": k_robust / n if n else float("nan"),
+        "robust_accuracy_ci": list(wilson_interval(k_robust, n)),
+        "asr": k_fooled / k_clean if k_clean else None,
+        "asr_ci": list(wilson_interval(k_fooled, k_clean)) if k_clean else None,
+    })
+    return out
+
+
+def projected_circuit_executions(forwards_per_image: float, backwards_per_image: float, n_qubits: int = 4,
+                                 shots: int = DEFAULT_SHOTS, gradient_through_circuit: bool = True,
+                                 n_circuit_parameters: int | None = None) -> dict:
+    """Circuit executions an attacker of a real quantum device would need per image.
+
+    Assumptions (also returned as text):
+
+    - every forward pass of the hybrid runs the circuit once, estimated from ``shots`` shots
+      (score-based attacks: one forward per query, so queries x shots);
+    - every backward pass through the circuit uses the parameter-shift rule: 2 shifted circuits per
+      gate parameter, with 3n encoding angles (RX, RY, RZ per qubit) as the parameters. That is an
+      upper bound: with C < 3n classes, 3n - C of the angles are constant zeros an attacker can skip;
+    - in the ``paper`` gradient mode no gradient goes through the circuit (the quantum branch is
+      cut from autograd), so backward passes cost no circuit runs (``gradient_through_circuit=False``);
+    - a 4-qubit circuit is easy to simulate classically: a white-box attacker who knows the circuit
+      needs none of these runs. This counts what the paper's "attacker cost" argument would require.
+    """
+    params = 3 * n_qubits if n_circuit_parameters is None else n_circuit_parameters
+    per_backward = 2 * params if gradient_through_circuit else 0
+    circuits = forwards_per_image + backwards_per_image * per_backward
+    return {
+        "circuit_evaluations_per_image": circuits,
+        "shots_per_image": circuits * shots,
+        "shots": shots,
+        "circuit_parameters": params,
+        "gradient_through_circuit": gradient_through_circuit,
+        "assumptions": (f"1 circuit estimate of {shots} shots per forward pass; "
+                        + (f"parameter-shift: 2 x {params} circuit parameters (3n angles, an upper bound) "
+                           "estimates per backward pass; " if gradient_through_circuit else
+                           "no circuit runs per backward pass (paper mode: no gradient through the circuit); ")
+                        + "a classical simulation of the circuit, open to any white-box attacker, needs none"),
+    }
+
+
+# --------------------------------------------------------------------------- evaluation points
+
+
+@dataclass
+class EvalPoints:
+    """The images a cell is evaluated on, and where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: list[int]
+    source: str
+    exact: bool
+    selection: str
+
+    @property
+    def indices_sha256(self) -> str:
+        return hashlib.sha256(json.dumps([self.source, self.indices]).encode()).hexdigest()
+
+
+def balanced_indices(labels: torch.Tensor, n: int, num_classes: int, seed: int) -> list[int]:
+    """A seeded subset of ``n`` indices with (as nearly as possible) n / C points per class, sorted."""
+    labels = torch.as_tensor(labels)
+    n = min(int(n), int(labels.numel()))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.numel(), generator=gen)
+    per_class = [order[labels[order] == c] for c in range(num_classes)]
+    quota = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
+    chosen = [pc[:q] for pc, q in zip(per_class, quota, strict=True)]
+    taken = torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long)
+    if taken.numel() < n:  # a class ran short: fill from the rest, in the seeded order
+        mask = torch.ones(labels.numel(), dtype=torch.bool)
+        mask[taken] = False
+        rest = order[mask[order]]
+        taken = torch.cat([taken, rest[: n - taken.numel()]])
+    return sorted(int(i) for i in taken)
+
+
+@functools.lru_cache(maxsize=4)
+def _test_split(dataset: str, data_root: str | None):
+    return load_split(dataset, "test", data_root)
+
+
+def evaluation_points(dataset: str, n: int, seed: int = 0, data_root: str | None = None,
+                      source: str = "auto") -> EvalPoints:
+    """A seeded class-balanced subset of the test split (``source="test"``), of the shipped samples
+    (``"samples"``), or of the test split when its files are present and the samples otherwise (``"auto"``)."""
+    spec = get_spec(dataset)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if source not in ("auto", "test", "samples"):
+        raise ValueError(f"Unknown source {source!r}; choose auto, test or samples.")
+    if source == "test" or (source == "auto" and dataset_available(spec.name, data_root)):
+        split = _test_split(spec.name, data_root)
+        idx = balanced_indices(split.labels, n, spec.num_classes, seed)
+        images = split.images[idx].float().div_(255.0)
+        return EvalPoints(images, split.labels[idx].clone(), idx, f"{split.source}, test split", split.exact,
+                          f"class-balanced seeded subset (seed {seed}) of {len(split)} test images")
+    images, labels = load_samples(spec.name)
+    idx = balanced_indices(labels, n, spec.num_classes, seed)
+    samples = list_samples(spec.name)
+    test_indices = [samples[i].index for i in idx]
+    return EvalPoints(images[idx], labels[idx], test_indices, "assets/samples (shipped test images)",
+                      spec.name != "cifar10",
+                      f"class-balanced seeded subset (seed {seed}) of {len(labels)} shipped samples; "
+                      "indices are test-split indices")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One independent unit of evaluation."""
+
+    dataset: str
+    model: str
+    grad_mode: str | None
+    attack: str
+    eps: float | None
+    n: int
+    seed: int = 0
+    backend: str = "fast"
+    steps: int | None = None
+    source: str = "auto"
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.dataset, self.model, self.grad_mode, self.attack, self.eps, self.n, self.seed,
+                        self.backend, self.steps, self.source)
+
+
+def cell_key(dataset: str, model: str, grad_mode: str | None, attack: str, eps: float | None, n: int, seed: int,
+             backend: str = "fast", steps: int | None = None, source: str = "auto") -> str:
+    """The identity of a cell in a results file (resuming skips keys already there)."""
+    eps_text = "-" if eps is None else f"{eps:.6f}"
+    return (f"{dataset}/{model}/{grad_mode or '-'}/{attack}/eps={eps_text}/steps={steps or 'preset'}"
+            f"/n={n}/seed={seed}/{backend}/{source}")
+
+
+def normalise_grad_mode(model_name: str, grad_mode: str | None) -> str | None:
+    """None for the classical CNN (no gradient modes), the mode (default ``paper``) for hybrids."""
+    return None if model_name == "classical" else (grad_mode or "paper")
+
+
+@functools.lru_cache(maxsize=16)
+def _load(dataset: str, model_name: str, grad_mode: str | None, backend: str, model_dir: str | None):
+    from .zoo import load_model
+
+    return load_model(dataset, model_name, grad_mode=grad_mode or "paper", backend=backend,
+                      directory=None if model_dir is None else Path(model_dir))
+
+
+def _versions() -> dict:
+    import pennylane
+    import scipy
+    import torchattacks
+    import torchvision
+
+    from . import __version__
+
+    return {"qshield": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "torchattacks": torchattacks.__version__,
+            "pennylane": pennylane.__version__, "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def _bits(mask: torch.Tensor) -> str:
+    return np.packbits(mask.cpu().numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_bits(hex_text: str, n: int) -> np.ndarray:
+    """Inverse of the per-point bit strings stored in records (``per_point``)."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hex_text), dtype=np.uint8))[:n].astype(bool)
+
+
+def evaluate_cell(dataset: str, model_name: str, grad_mode: str | None, attack: str, eps: float | None, n: int,
+                  seed: int = 0, *, steps: int | None = None, backend: str = "fast", source: str = "auto",
+                  data_root: str | None = None, model_dir: str | os.PathLike | None = None, batch_size: int = 250,
+                  shots: int = DEFAULT_SHOTS, progress: bool = False, command: str | None = None) -> dict:
+    """Evaluate one cell and return its record (every metric, the exact parameters and provenance).
+
+    ``attack="none"`` measures clean accuracy, the mean input-gradient norm and, for hybrids, the
+    mean fusion weight alpha. Models come from the zoo (``model_dir`` overrides ``pretrained/``);
+    transfer and BPDA attacks load their surrogate (the classical CNN or the differentiable twin).
+    """
+    spec = get_spec(dataset)
+    grad_mode = normalise_grad_mode(model_name, grad_mode)
+    attack = attack.strip().lower()
+    aspec = None if attack == "none" else get_attack(attack)
+    if eps is not None:
+        eps = validate_eps(eps, spec.name)
+    if aspec is not None and aspec.uses_eps and eps is None:
+        eps = spec.paper_eps
+    if aspec is None or not aspec.uses_eps:
+        eps = None
+    params = None if aspec is None else resolve_params(attack, spec.name, eps, steps, seed)
+    key = cell_key(spec.name, model_name, grad_mode, attack, eps, n, seed, backend, steps, source)
+    directory = None if model_dir is None else str(model_dir)
+    model, card = _load(spec.name, model_name, grad_mode, backend, directory)
+    surrogate, surrogate_card, surrogate_info = None, None, None
+    if aspec is not None and aspec.surrogate is not None:
+        s_name, s_mode = ("classical", None) if aspec.surrogate == "classical" else (model_name, "differentiable")
+        surrogate, surrogate_card = _load(spec.name, s_name, s_mode, backend, directory)
+        surrogate_info = {"role": aspec.surrogate, "model": s_name, "grad_mode": s_mode,
+                          "weights_sha256": surrogate_card.get("weights_sha256")}
+    points = evaluation_points(spec.name, n, seed, data_root, source)
+    batches = range(0, len(points.labels), batch_size)
+    bar = tqdm(batches, desc=key, disable=not progress, leave=False)
+    record = _base_record(key, spec.name, model_name, grad_mode, backend, attack, aspec, eps, params, seed, points,
+                          card, surrogate_info, batch_size, command)
+    if aspec is None:
+        record.update(_clean_cell(model, points, seed, bar, batch_size))
+    else:
+        record.update(_attack_cell(model, surrogate, points, attack, spec.name, eps, steps, seed, bar, batch_size,
+                                   shots, isinstance(model, QShieldHybrid), grad_mode))
+    return record
+
+
+def _base_record(key, dataset, model_name, grad_mode, backend, attack, aspec, eps, params, seed, points: EvalPoints,
+                 card, surrogate_info, batch_size, command) -> dict:
+    return {
+        "schema": SCHEMA, "key": key, "dataset": dataset, "model": model_name, "grad_mode": grad_mode,
+        "backend": backend, "attack": attack,
+        "attack_display": "clean (no attack)" if aspec is None else aspec.display_name,
+        "suite": None if aspec is None else aspec.suite,
+        "threat": None if aspec is None else aspec.threat, "access": None if aspec is None else aspec.access,
+        "eps": eps, "eps_255": None if eps is None else round(eps * 255, 4), "params": params, "seed": seed,
+        "n": len(points.labels), "batch_size": batch_size,
+        "points": {"source": points.source, "exact": points.exact, "selection": points.selection,
+                   "indices_sha256": points.indices_sha256},
+        "model_card": {"weights_sha256": card.get("weights_sha256"),
+                       "clean_test_accuracy": card.get("clean_test_accuracy"), "n_test": card.get("n_test")},
+        "surrogate": surrogate_info, "protocol": PROTOCOL_NOTE, "versions": _versions(),
+        "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch_threads": torch.get_num_threads(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+    }
+
+
+def _clean_cell(model, points: EvalPoints, seed: int, bar, batch_size: int) -> dict:
+    preds, grad_sum, alpha_sum = [], 0.0, 0.0
+    hybrid = isinstance(model, QShieldHybrid)
+    for i, start in enumerate(bar):
+        x, y = points.images[start:start + batch_size], points.labels[start:start + batch_size]
+        preds.append(predict_probs(model, x, seed + i + EVAL_SEED_OFFSET).argmax(-1))
+        seed_all(seed + i)
+        grad_sum += input_gradient_norm(model, x, y) * len(y)
+        if hybrid:
+            seed_all(seed + i)
+            with torch.no_grad():
+                alpha_sum += float(model.details(x).alpha.sum())
+    pred = torch.cat(preds)
+    n = len(points.labels)
+    out = attack_metrics(points.labels, pred)
+    out["input_gradient_norm"] = grad_sum / n
+    out["mean_alpha"] = alpha_sum / n if hybrid else None
+    out["per_point"] = {"clean_correct": _bits(pred == points.labels)}
+    return out
+
+
+def _attack_cell(model, surrogate, points: EvalPoints, attack, dataset, eps, steps, seed, bar, batch_size, shots,
+                 hybrid: bool, grad_mode: str | None) -> dict:
+    clean, adv, norms = [], [], []
+    seconds = fwd = bwd = 0.0
+    s_fwd = s_bwd = None if surrogate is None else 0.0
+    for i, start in enumerate(bar):
+        x, y = points.images[start:start + batch_size], points.labels[start:start + batch_size]
+        out = run_attack(model, x, y, attack, dataset, eps, steps, surrogate, seed + i)  # batch i: seed + i
+        nb = len(y)
+        clean.append(out.clean_pred)
+        adv.append(out.adv_pred)
+        norms.append(perturbation_norms(x, out.adv_images))
+        seconds += out.seconds
+        fwd += out.forwards_per_image * nb
+        bwd += out.backwards_per_image * nb
+        if surrogate is not None:
+            s_fwd += out.surrogate_forwards_per_image * nb
+            s_bwd += out.surrogate_backwards_per_image * nb
+    n = len(points.labels)
+    clean_pred, adv_pred = torch.cat(clean), torch.cat(adv)
+    metrics = attack_metrics(points.labels, clean_pred, adv_pred)
+    linf = torch.cat([m["linf"] for m in norms])
+    l2 = torch.cat([m["l2"] for m in norms])
+    l0 = torch.cat([m["l0_pixels"] for m in norms]).float()
+    fooled = (clean_pred == points.labels) & (adv_pred != points.labels)
+    cost = {"seconds_total": seconds, "seconds_per_image": seconds / n, "forwards_per_image": fwd / n,
+            "backwards_per_image": bwd / n,
+            "surrogate_forwards_per_image": None if s_fwd is None else s_fwd / n,
+            "surrogate_backwards_per_image": None if s_bwd is None else s_bwd / n}
+    if hybrid:
+        n_qubits = model.circuit_config.n_qubits
+        cost["projected_circuit_executions"] = projected_circuit_executions(
+            fwd / n, bwd / n, n_qubits, shots, gradient_through_circuit=grad_mode == "differentiable")
+        if s_fwd is not None and get_attack(attack).surrogate == "differentiable-twin":
+            cost["projected_circuit_executions_surrogate"] = projected_circuit_executions(
+                s_fwd / n, s_bwd / n, n_qubits, shots, gradient_through_circuit=True)
+    else:
+        cost["projected_circuit_executions"] = None
+    return {
+        **metrics, **cost,
+        "perturbation": {"linf_max": float(linf.max()), "linf_mean": float(linf.mean()),
+                         "l2_mean": float(l2.mean()),
+                         "l2_mean_fooled": float(l2[fooled].mean()) if bool(fooled.any()) else None,
+                         "l0_pixels_mean": float(l0.mean())},
+        "per_point": {"clean_correct": _bits(clean_pred == points.labels),
+                      "adv_correct": _bits(adv_pred == points.labels)},
+    }
+
+
+# --------------------------------------------------------------------------- runs of many cells
+
+
+def plan_cells(datasets: Sequence[str], models: Sequence[str], grad_modes: Sequence[str | None],
+               attacks: Sequence[str], eps_values: Sequence[float] | None = None, n: int = 1000, seed: int = 0,
+               backend: str = "fast", steps: int | None = None, source: str = "auto",
+               only_applicable: bool = True) -> list[Cell]:
+    """All cells of a grid, validated up front (names, eps ranges), suites expanded.
+
+    Epsilon defaults to each dataset's paper value; attacks without an eps bound get one cell.
+    The classical model has no gradient modes (one cell, ``grad_mode=None``). With
+    ``only_applicable``, suite members that do not apply (e.g. BPDA on the classical CNN) are left out.
+    """
+    names = expand_attacks(list(attacks))
+    cells: list[Cell] = []
+    for dataset in datasets:
+        spec = get_spec(dataset)
+        eps_list = [validate_eps(e, spec.name) for e in eps_values] if eps_values else [spec.paper_eps]
+        for model in models:
+            modes = [None] if model == "classical" else list(dict.fromkeys(grad_modes or ["paper"]))
+            for mode in modes:
+                for attack in names:
+                    aspec = None if attack == "none" else ATTACKS[attack]
+                    if aspec is not None and only_applicable and not aspec.applies_to(model, mode):
+                        continue
+                    for eps in (eps_list if aspec is not None and aspec.uses_eps else [None]):
+                        cell = Cell(spec.name, model, mode, attack, eps, n, seed, backend,
+                                    steps if aspec is not None and aspec.uses_steps else None, source)
+                        if cell not in cells:
+                            cells.append(cell)
+    return cells
+
+
+def load_results(path: str | os.PathLike) -> list[dict]:
+    """The records of a results file ([] when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Results file {path} is not valid JSON ({err}).") from None
+    records = data.get("records") if isinstance(data, dict) else data
+    if not isinstance(records, list):
+        raise ValueError(f"Results file {path} has no list of records.")
+    return records
+
+
+def save_results(path: str | os.PathLike, records: list[dict]) -> None:
+    """Write the records atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"schema": SCHEMA, "records": records}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int | None = None,
+              shard: tuple[int, int] | None = None, progress: bool = True, log=print, **cell_kwargs) -> RunSummary:
+    """Evaluate cells and append their records to ``out_path``, resumably.
+
+    Cells whose key is already in the file are skipped; the file is rewritten after every cell.
+    ``shard=(i, k)`` keeps every k-th cell starting at i (to spread a grid over machines: give
+    each shard its own file and merge them with ``table``); ``limit`` caps the new cells run.
+    """
+    cells = list(cells)
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"Shard {index}/{count} is not valid: need 0 <= i < k.")
+        cells = cells[index::count]
+    records = load_results(out_path)
+    done = {r.get("key") for r in records}
+    summary = RunSummary(records=records)
+    todo = [c for c in cells if c.key not in done]
+    summary.skipped = [c.key for c in cells if c.key in done]
+    if limit is not None:
+        todo = todo[: max(limit, 0)]
+    for cell in tqdm(todo, desc="cells", disable=not progress):
+        record = evaluate_cell(cell.dataset, cell.model, cell.grad_mode, cell.attack, cell.eps, cell.n, cell.seed,
+                               steps=cell.steps, backend=cell.backend, source=cell.source, progress=progress,
+                               **cell_kwargs)
+        records.append(record)
+        save_results(out_path, records)
+        summary.ran.append(cell.key)
+        if log is not None:
+            log(summary_line(record))
+    return summary
+
+
+def summary_line(r: dict) -> str:
+    """One line per record for the console."""
+    head = f"{r['dataset']} {r['model']}{'/' + r['grad_mode'] if r['grad_mode'] else ''} {r['attack']}"
+    if r.get("eps") is not None:
+        head += f" eps={r['eps_255']:g}/255"
+    text = f"{head}: clean {_pct(r['clean_accuracy'])}"
+    if "robust_accuracy" in r:
+        text += (f", robust {_pct(r['robust_accuracy'])}, ASR {_pct(r['asr'])} {_ci(r['asr_ci'])}, "
+                 f"{r['seconds_per_image'] * 1000:.1f} ms/img, {r['forwards_per_image']:.1f} fwd + "
+                 f"{r['backwards_per_image']:.1f} bwd/img")
+    elif r.get("input_gradient_norm") is not None:
+        text += f", |grad| {r['input_gradient_norm']:.3g}"
+    return text + f" (n={r['n']})"
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def load_paper_results(path: str | os.PathLike | None = None) -> dict | None:
+    """The paper's published figures (``qshield-paper-results.json``), or None when not found."""
+    for candidate in ([Path(path)] if path else PAPER_RESULTS_CANDIDATES):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def paper_asr(paper: dict) -> dict[tuple[str, str, str], float]:
+    """{(dataset, model, attack): ASR as a fraction} in our names, from the paper's table."""
+    table = paper["attack_success_rate_percent"]["values"]
+    out = {}
+    for pd, dataset in PAPER_DATASETS.items():
+        for mi, pm in enumerate(paper["models"]):
+            if pm not in PAPER_MODELS:
+                continue
+            for ai, pa in enumerate(paper["attacks"]):
+                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
+                if attack is not None:
+                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai] / 100
+    return out
+
+
+def paper_attack_seconds(paper: dict) -> dict[tuple[str, str, str], float]:
+    """{(dataset, model, attack): the paper's attack wall time in seconds for its subset}."""
+    table = paper["attack_seconds"]["values"]
+    out = {}
+    for pd, dataset in PAPER_DATASETS.items():
+        for mi, pm in enumerate(paper["models"]):
+            for ai, pa in enumerate(paper["attacks"]):
+                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
+                if pm in PAPER_MODELS and attack is not None:
+                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai]
+    return out
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _eps_text(eps: float | None) -> str:
+    return "-" if eps is None else f"{eps * 255:.3g}/255"
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) < 1e-9
+
+
+def _model_label(r: dict) -> str:
+    return r["model"] + (f" ({r['grad_mode']})" if r.get("grad_mode") else "")
+
+
+def _best(records: Iterable[dict]) -> dict | None:
+    """Among records of the same cell identity, the one with the most points."""
+    records = list(records)
+    return max(records, key=lambda r: r["n"]) if records else None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _paper_protocol(records: list[dict], dataset: str) -> list[dict]:
+    """Paper-suite records at the paper's eps, in the paper's mode, default parameters."""
+    eps = get_spec(dataset).paper_eps
+    return [r for r in records if r["dataset"] == dataset and r["attack"] in PAPER_ATTACKS
+            and r.get("grad_mode") in (None, "paper") and (r["eps"] is None or _same(r["eps"], eps))
+            and "/steps=preset/" in r["key"]]
+
+
+def _section_paper(records: list[dict], paper: dict | None) -> str:
+    reference = paper_asr(paper) if paper else {}
+    parts, disagreements = [], []
+    for dataset in PAPER_DATASETS.values():
+        mine = _paper_protocol(records, dataset)
+        if not mine:
+            continue
+        spec = get_spec(dataset)
+        rows = []
+        for model in PAPER_MODELS.values():
+            cells = []
+            for attack in PAPER_ATTACKS:
+                r = _best(x for x in mine if x["model"] == model and x["attack"] == attack)
+                ref = reference.get((dataset, model, attack))
+                ours = "-" if r is None else f"**{_pct(r['asr'])}** {_ci(r['asr_ci'])}"
+                cells.append(f"{_pct(ref)} / {ours}")
+                if r is not None and ref is not None and r["asr_ci"] and not r["asr_ci"][0] <= ref <= r["asr_ci"][1]:
+                    disagreements.append(f"- {spec.display_name}, {model}, {ATTACKS[attack].display_name}: paper "
+                                         f"{_pct(ref)} %, ours {_pct(r['asr'])} % {_ci(r['asr_ci'])} "
+                                         f"(n correct = {r['n_clean_correct']}).")
+            if any(c.split(" / ")[1] != "-" for c in cells):
+                rows.append([model, *cells])
+        n_text = sorted({r["n"] for r in mine})
+        parts.append(f"### {spec.display_name} (eps {_eps_text(spec.paper_eps)}, n = "
+                     f"{', '.join(map(str, n_text))} points per cell)\n\n"
+                     + _table(["model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)], rows))
+    if not parts:
+        return ""
+    text = ("## Paper protocol: attack success rate (%), paper / **ours** [95 % CI]\n\n"
+            "Hybrids in the paper's gradient mode; ASR among the points each model classifies correctly.\n\n"
+            + "\n\n".join(parts))
+    if disagreements:
+        text += "\n\nWhere the paper's figure lies outside our 95 % interval:\n\n" + "\n".join(disagreements)
+    return text
+
+
+def _union_robust(records: list[dict]) -> float | None:
+    """Per-point worst case over attacks: robust only if correct under every attack (same points)."""
+    usable = [r for r in records if "adv_correct" in (r.get("per_point") or {})]
+    if not usable or len({r["points"]["indices_sha256"] for r in usable}) != 1:
+        return None
+    n = usable[0]["n"]
+    robust = np.ones(n, dtype=bool)
+    for r in usable:
+        robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
+    return float(robust.mean())
+
+
+def _autoattack_robust(records: list[dict], eps: float) -> str:
+    """The lower robust accuracy of AutoAttack standard and rand at ``eps`` (with its interval)."""
+    found = [r for r in records if r["attack"] in ("autoattack", "autoattack-rand") and _same(r["eps"], eps)]
+    worst = min(found, key=lambda r: r["robust_accuracy"], default=None)
+    if worst is None:
+        return "-"
+    tag = " (rand)" if worst["attack"] == "autoattack-rand" else ""
+    return f"{_pct(worst['robust_accuracy'])} {_ci(worst['robust_accuracy_ci'])}{tag}"
+
+
+def _section_adaptive(records: list[dict]) -> str:
+    adaptive = [r for r in records if r.get("suite") == "adaptive"]
+    if not adaptive:
+        return ""
+    rows = []
+    groups = sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive})
+    for dataset, model, mode in groups:
+        spec = get_spec(dataset)
+        mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
+                and (r["grad_mode"] or "") == mode and r.get("suite")]
+        at_paper = [r for r in mine if r["eps"] is None or _same(r["eps"], spec.paper_eps)]
+        paper_side = [r for r in at_paper if r["suite"] == "paper" and r["eps"] is not None and r["asr"] is not None]
+        adapt_side = [r for r in at_paper if r["suite"] == "adaptive" and r["asr"] is not None]
+        pgd = _best(r for r in paper_side if r["attack"] == "pgd")
+        strongest_paper = max(paper_side, key=lambda r: r["asr"], default=None)
+        strongest = max(adapt_side, key=lambda r: r["asr"], default=None)
+
+        union = _union_robust([r for r in at_paper if r["eps"] is not None])
+        rows.append([
+            spec.display_name, model + (f" ({mode})" if mode else ""),
+            "-" if pgd is None else f"{_pct(pgd['asr'])} {_ci(pgd['asr_ci'])}",
+            "-" if strongest_paper is None else f"{_pct(strongest_paper['asr'])} ({strongest_paper['attack']})",
+            "-" if strongest is None
+            else f"**{_pct(strongest['asr'])}** {_ci(strongest['asr_ci'])} ({strongest['attack']})",
+            _autoattack_robust(mine, spec.paper_eps), _autoattack_robust(mine, spec.common_eps),
+            "-" if union is None else _pct(union),
+        ])
+    header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
+              "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",
+              "robust acc, worst case over all attacks @ paper eps"]
+    return ("## Adaptive attacks\n\nASR and robust accuracy in % [95 % CI]; paper eps: MNIST 32/255, OrganAMNIST "
+            "8/255, CIFAR-10 2/255; common eps: MNIST 0.3, the others 8/255. The worst case counts a point as "
+            "robust only if it survives every attack run on it.\n\n" + _table(header, rows))
+
+
+def _section_cost(records: list[dict], paper: dict | None) -> str:
+    ref = paper_attack_seconds(paper) if paper else {}
+    rows = []
+    for dataset in PAPER_DATASETS.values():
+        mine = _paper_protocol(records, dataset)
+        for attack in PAPER_ATTACKS:
+            cnn = _best(r for r in mine if r["model"] == "classical" and r["attack"] == attack)
+            hyb = _best(r for r in mine if r["model"] == "hybrid-full" and r["attack"] == attack)
+            if cnn is None or hyb is None:
+                continue
+            p_cnn, p_hyb = ref.get((dataset, "classical", attack)), ref.get((dataset, "hybrid-full", attack))
+            proj = hyb.get("projected_circuit_executions") or {}
+            rows.append([
+                get_spec(dataset).display_name, ATTACKS[attack].display_name,
+                f"{cnn['seconds_per_image'] * 1000:.2f}", f"{hyb['seconds_per_image'] * 1000:.2f}",
+                f"{hyb['seconds_per_image'] / max(cnn['seconds_per_image'], 1e-12):.2f}x",
+                f"{cnn['forwards_per_image']:.1f} / {cnn['backwards_per_image']:.1f}",
+                f"{hyb['forwards_per_image']:.1f} / {hyb['backwards_per_image']:.1f}",
+                f"{proj.get('circuit_evaluations_per_image', float('nan')):.3g}",
+                "-" if not (p_cnn and p_hyb) else f"{p_hyb / p_cnn:.0f}x",
+            ])
+    if not rows:
+        return ""
+    header = ["dataset", "attack", "CNN ms/img", "HQCNN-Full ms/img", "ours hybrid/CNN", "CNN fwd / bwd per img",
+              "hybrid fwd / bwd per img", "hybrid circuit runs per img (x shots)", "paper hybrid/CNN"]
+    return ("## Attacker cost (paper protocol, hybrid-full in paper mode)\n\nWall time of the attack per image on "
+            "this machine, and forward/backward passes per image counted through the model. Circuit runs: each "
+            "forward runs the circuit once; in paper mode no gradient goes through the circuit, so backward passes "
+            "cost no circuit runs (see `projected_circuit_executions`).\n\n" + _table(header, rows))
+
+
+def _section_sanity(records: list[dict]) -> str:
+    parts = []
+    sweep_rows = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("asr") is not None and r["eps"] is not None:
+            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", r["attack"]), []).append(r)
+    for (dataset, model, mode, attack), rs in sorted(groups.items()):
+        by_eps = {}
+        for r in rs:
+            by_eps[round(r["eps"], 6)] = r
+        if len(by_eps) < 3:
+            continue
+        ordered = [by_eps[e] for e in sorted(by_eps)]
+        series = ", ".join(f"{_eps_text(r['eps'])}: {_pct(r['asr'], 0)}" for r in ordered)
+        top = ordered[-1]["asr"]
+        sweep_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""),
+                           ATTACKS[attack].display_name, series, "yes" if top >= 0.95 else f"**no** ({_pct(top)})"])
+    if sweep_rows:
+        parts.append("### ASR (%) as epsilon grows\n\n" + _table(
+            ["dataset", "model", "attack", "ASR by eps", "reaches >= 95 %"], sweep_rows))
+    iter_rows = []
+    iterative = ("pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce")
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r.get("asr") is not None and r["eps"] is not None and "/steps=preset/" in r["key"]:
+            keyed.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", round(r["eps"], 6)), {})[r["attack"]] = r
+    for (dataset, model, mode, eps), by_attack in sorted(keyed.items()):
+        fgsm = by_attack.get("fgsm")
+        others = [by_attack[a] for a in iterative if a in by_attack]
+        if fgsm is None or not others:
+            continue
+        best = max(others, key=lambda r: r["asr"])
+        ok = best["asr"] >= fgsm["asr"]
+        overlap = best["asr_ci"] and fgsm["asr_ci"] and best["asr_ci"][1] >= fgsm["asr_ci"][0]
+        iter_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""), _eps_text(eps),
+                          _pct(fgsm["asr"]), f"{_pct(best['asr'])} ({best['attack']})",
+                          "yes" if ok else ("no, within the intervals" if overlap else "**no**")])
+    if iter_rows:
+        parts.append("### Iterative attacks vs FGSM (ASR %)\n\n" + _table(
+            ["dataset", "model", "eps", "FGSM", "best iterative", "iterative >= FGSM"], iter_rows))
+    grad_rows = []
+    for r in records:
+        if r["attack"] == "none" and r.get("input_gradient_norm") is not None:
+            grad_rows.append([get_spec(r["dataset"]).display_name, _model_label(r), f"{r['input_gradient_norm']:.4g}",
+                              "-" if r.get("mean_alpha") is None else f"{r['mean_alpha']:.3f}", str(r["n"])])
+    if grad_rows:
+        parts.append("### Input-gradient norm (mean L2 of d loss / d input) and fusion weight alpha\n\n" + _table(
+            ["dataset", "model (mode)", "input-gradient norm", "mean alpha", "n"], grad_rows))
+    return "## Sanity checks\n\n" + "\n\n".join(parts) if parts else ""
+
+
+def _section_all(records: list[dict]) -> str:
+    rows = []
+    for r in sorted(records, key=lambda r: (r["dataset"], r["model"], r["grad_mode"] or "", r["attack"],
+                                            r["eps"] or 0.0)):
+        attacked = "robust_accuracy" in r
+        rows.append([
+            get_spec(r["dataset"]).display_name, _model_label(r), r["attack"], _eps_text(r["eps"]), str(r["n"]),
+            f"{_pct(r['clean_accuracy'])} {_ci(r['clean_accuracy_ci'])}",
+            f"{_pct(r['robust_accuracy'])} {_ci(r['robust_accuracy_ci'])}" if attacked else "-",
+            f"{_pct(r['asr'])} {_ci(r['asr_ci'])}" if attacked else "-",
+            f"{r['seconds_per_image'] * 1000:.2f}" if attacked else "-",
+            f"{r['forwards_per_image']:.1f} / {r['backwards_per_image']:.1f}" if attacked else "-",
+        ])
+    return "## All cells\n\n" + _table(["dataset", "model (mode)", "attack", "eps", "n", "clean acc %",
+                                        "robust acc %", "ASR %", "ms/img", "fwd / bwd per img"], rows)
+
+
+def render_markdown(records: list[dict], paper: dict | None = None, title: str | None = None,
+                    command: str | None = None) -> str:
+    """Markdown tables of a list of records: paper vs ours, adaptive, attacker cost, sanity checks, all cells.
+
+    ``paper`` defaults to the paper's published figures (:func:`load_paper_results`).
+    """
+    paper = paper if paper is not None else load_paper_results()
+    sections = [f"# {title}" if title else "", f"Regenerate with: `{command}`" if command else "",
+                _section_paper(records, paper), _section_adaptive(records), _section_cost(records, paper),
+                _section_sanity(records), _section_all(records) if records else "No records."]
+    cifar = any(r["dataset"] == "cifar10" for r in records)
+    if cifar:
+        sections.append("CIFAR-10 figures are measured on a JPEG re-encoding of the test set (see the data README).")
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def command_line() -> str:
+    """The command that is running, as ``python -m qshield_core ...`` when launched that way."""
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv
+    return "python -m qshield_core " + " ".join(argv)
+
+
+__all__ = [
+    "AttackOutcome", "Cell", "CountingModel", "EvalPoints", "RunSummary", "attack_metrics", "balanced_indices",
+    "cell_key", "evaluate_cell", "evaluation_points", "load_paper_results", "load_results", "perturbation_norms",
+    "plan_cells", "projected_circuit_executions", "render_markdown", "run_attack", "run_cells", "save_results",
+    "seed_all", "wilson_interval",
+]

@@ -1,0 +1,768 @@
+"""The orchestration behind the app's pages (and the CLI's demo): no Streamlit here.
+
+Each function takes loaded models and plain inputs, calls the library (zoo, attacks,
+evaluation, quantum), and returns plain dataclasses of NumPy arrays and numbers that a page
+only has to lay out:
+
+- :func:`compare_attack`: one image, one attack, several models side by side (Attack Lab).
+- :func:`quantum_view`, :func:`noise_sweep`: what the circuit does with one image (Quantum Circuit).
+- :func:`sweep`: a fresh epsilon sweep on N shipped images, with progress and cancellation
+  (Robustness Explorer), and :func:`load_results` / :func:`cost_table` for the committed results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import evaluation, zoo
+from .attacks import ATTACKS, EPS_RANGE, PAPER_ATTACKS, attack_params, get_attack
+from .data import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, REPO_ROOT, Sample, get_spec, list_samples, load_sample_image
+from .evaluation import (
+    EVAL_SEED_OFFSET,
+    attack_metrics,
+    evaluation_points,
+    perturbation_norms,
+    predict_probs,
+    projected_circuit_executions,
+    run_attack,
+)
+from .models import QShieldHybrid
+from .noise import NoiseModel
+from .quantum import CircuitConfig, QuantumCircuitLayer
+
+RESULTS_DIR = REPO_ROOT / "results"
+PAPER_RESULTS = REPO_ROOT.parent / "shared" / "paper" / "qshield-paper-results.json"
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    """A shipped model ready for inference, or the reason it is unavailable."""
+
+    dataset: str
+    name: str
+    grad_mode: str | None
+    model: nn.Module | None
+    card: dict
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.model is not None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.grad_mode is None else f"{self.name} ({self.grad_mode})"
+
+
+def load(dataset: str, model_name: str, grad_mode: str = "paper", noise: NoiseModel | None = None) -> LoadedModel:
+    """Load a shipped model for read-only use: eval mode, fast backend, parameters frozen.
+
+    Freezing the parameters lets attacks skip weight gradients (they only need input
+    gradients) and guarantees that one session's attack cannot change a shared model.
+    Raises :class:`~qshield_core.zoo.ModelUnavailableError` when the files are missing or tampered.
+    """
+    model, card = zoo.load_model(dataset, model_name, grad_mode=grad_mode, backend="fast", noise=noise)
+    model.requires_grad_(False)
+    is_hybrid = isinstance(model, QShieldHybrid)
+    return LoadedModel(get_spec(dataset).name, model_name, grad_mode if is_hybrid else None, model, card)
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def sample_table(dataset: str) -> list[dict]:
+    """The shipped samples of ``dataset`` as plain dicts, with a readable ``title``."""
+    spec = get_spec(dataset)
+    return [dict(file=s.file, dataset=s.dataset, split=s.split, index=s.index, label=s.label,
+                 class_name=spec.class_names[s.label],
+                 title=f"{spec.class_names[s.label]} · {s.split} #{s.index}")
+            for s in list_samples(dataset)]
+
+
+def sample_image(entry: Mapping) -> torch.Tensor:
+    """The (C, H, W) image of an entry of :func:`sample_table`."""
+    return load_sample_image(Sample(**{k: entry[k] for k in ("file", "dataset", "split", "index", "label")}))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A thread-safe progress counter that a background job updates and a page reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = 0
+        self._total = 1
+        self._message = "starting"
+
+    def update(self, done: int, total: int, message: str = "") -> None:
+        with self._lock:
+            self._done, self._total, self._message = done, max(total, 1), message
+
+    def snapshot(self) -> tuple[float, str]:
+        """(fraction done in [0, 1], message)."""
+        with self._lock:
+            return min(self._done / self._total, 1.0), self._message
+
+
+# --------------------------------------------------------------------------- quantum circuit
+
+
+@dataclass
+class QuantumView:
+    """One image through a hybrid: the CNN, the encoding, the circuit and the fusion."""
+
+    config: CircuitConfig
+    angles: np.ndarray
+    basis_probs: np.ndarray
+    quantum_probs: np.ndarray
+    cnn_probs: np.ndarray
+    fused_probs: np.ndarray
+    alpha: float
+
+    @property
+    def prediction(self) -> int:
+        return int(self.fused_probs.argmax())
+
+    @property
+    def cnn_prediction(self) -> int:
+        return int(self.cnn_probs.argmax())
+
+    @property
+    def quantum_prediction(self) -> int:
+        return int(self.quantum_probs.argmax())
+
+
+def quantum_view(model: QShieldHybrid, image: torch.Tensor, seed: int = 0) -> QuantumView:
+    """Run ``image`` (C, H, W) through ``model.details``; ``seed`` fixes the paper mode's projection draw."""
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        out = model.details(image.unsqueeze(0))
+    return QuantumView(
+        config=model.circuit_config,
+        angles=out.angles[0].double().numpy(),
+        basis_probs=out.basis_probs[0].double().numpy(),
+        quantum_probs=out.quantum_probs[0].double().numpy(),
+        cnn_probs=torch.softmax(out.cnn_logits[0].double(), -1).numpy(),
+        fused_probs=out.log_probs[0].double().exp().numpy(),
+        alpha=float(out.alpha[0]),
+    )
+
+
+def circuit_probabilities(config: CircuitConfig, angles: np.ndarray, noise: NoiseModel) -> np.ndarray:
+    """The 2^n basis-state probabilities of ``config`` under ``noise`` for one set of angles."""
+    layer = QuantumCircuitLayer(config.with_noise(noise), backend="fast")
+    with torch.no_grad():
+        return layer(torch.as_tensor(angles, dtype=torch.float64).unsqueeze(0))[0].numpy()
+
+
+def class_distribution(basis_probs: np.ndarray, num_classes: int) -> np.ndarray:
+    """Truncate the basis distribution to the class count and renormalise (as the hybrid does)."""
+    head = np.asarray(basis_probs, dtype=np.float64)[..., :num_classes]
+    return head / np.clip(head.sum(-1, keepdims=True), 1e-12, None)
+
+
+def noise_sweep(config: CircuitConfig, angles: np.ndarray, kind: str, strengths: Sequence[float],
+                readout: float = 0.0) -> np.ndarray:
+    """Basis-state probabilities (len(strengths), 2^n) of the same angles under growing noise ``p``."""
+    return np.stack([circuit_probabilities(config, angles, NoiseModel(kind=kind, p=float(p), readout=readout))
+                     for p in strengths])
+
+
+# --------------------------------------------------------------------------- committed results
+
+
+def result_files(directory: Path | None = None) -> list[Path]:
+    """The JSON result files under ``results/`` (sorted)."""
+    directory = Path(directory or RESULTS_DIR)
+    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of one results file (a list, or a dict holding ``records``)."""
+    data = json.loads(Path(path).read_text())
+    records = data.get("records", []) if isinstance(data, dict) else data
+    return [dict(r, source_file=Path(path).name) for r in records if isinstance(r, dict)]
+
+
+def paper_results() -> dict | None:
+    """The paper's published figures (``../shared/paper/qshield-paper-results.json``), if present."""
+    return json.loads(PAPER_RESULTS.read_text()) if PAPER_RESULTS.is_file() else None
+
+
+@dataclass
+class Notice:
+    """Something a page should tell the user (a budget cap, a conversion, a caveat)."""
+
+    level: str
+    text: str
+
+
+@dataclass
+class Sweep:
+    """A fresh sweep's records, ready for :func:`records_frame`."""
+
+    records: list[dict] = field(default_factory=list)
+    cancelled: bool = False
+
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+_DRAW_LOCK = threading.Lock()
+
+
+def circuit_png(config: CircuitConfig, angles: np.ndarray | None = None, dpi: int = 90) -> bytes:
+    """PennyLane's own drawing (``qml.draw_mpl``) of ``config`` as PNG bytes.
+
+    Matplotlib's pyplot is not thread-safe, so concurrent sessions draw one at a time.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .quantum import draw_figure
+
+    with _DRAW_LOCK:
+        fig = draw_figure(config, None if angles is None else torch.as_tensor(angles, dtype=torch.float64))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- model cards
+
+
+def model_cards_frame(directory: Path | None = None) -> pd.DataFrame:
+    """One row per shipped model card (read, not verified): the figures the cards record."""
+    rows = []
+    for dataset in ("mnist", "organamnist", "cifar10"):
+        for name in zoo.available_models(dataset, directory):
+            try:
+                card = zoo.read_card(dataset, name, directory)
+            except zoo.ModelUnavailableError:
+                continue
+            accuracy = card.get("clean_test_accuracy")
+            rows.append({
+                "dataset": get_spec(dataset).display_name,
+                "model": name,
+                "clean test accuracy (%)": None if accuracy is None else round(100 * accuracy, 2),
+                "n test": card.get("n_test"),
+                "parameters": card.get("parameter_count", card.get("parameters")),
+                "mean α (test)": card.get("mean_alpha_test"),
+                "train seconds": card.get("train_seconds"),
+                "data": (card.get("data") or {}).get("source", ""),
+            })
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+class InferenceOnly(nn.Module):
+    """A shared model behind a wrapper that stays in eval mode whatever a caller asks.
+
+    torchattacks switches the model it attacks between train and eval mode; a model shared by
+    every session of the app must never run a BatchNorm layer in training mode, so ``train()``
+    on this wrapper does nothing.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        super().train(False)
+
+    def train(self, mode: bool = True) -> InferenceOnly:
+        return self  # ``mode`` is ignored on purpose
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+UPLOAD_LIMITS = f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB and {MAX_UPLOAD_PIXELS:,} pixels"
+
+APP_MAX_STEPS = {"n_queries": 2000}
+"""Largest steps (or queries) the app's slider offers; iterations otherwise stop at 200."""
+
+APP_BUDGET: dict[str, dict] = {
+    "pgd100": {"steps": 50, "n_restarts": 1},
+    "apgd-ce": {"steps": 50},
+    "apgd-dlr": {"steps": 50},
+    "autoattack": {"steps": 20, "n_queries": 500},
+    "autoattack-rand": {"steps": 20, "eot_iter": 4},
+    "eot-pgd": {"steps": 20, "eot_iter": 5},
+    "bpda": {"steps": 40},
+    "transfer-classical": {"steps": 50},
+    "square5000": {"n_queries": 2000},
+}
+"""Budgets the app lowers so that one click on one image stays within a few seconds on 2 CPU cores.
+The committed results and the CLI use the full presets; the page says when a budget was lowered."""
+
+
+@dataclass(frozen=True)
+class AttackChoice:
+    """What a page needs to offer an attack: its name, its knobs and their ranges."""
+
+    name: str
+    display_name: str
+    description: str
+    threat: str
+    access: str
+    suite: str
+    uses_eps: bool
+    uses_steps: bool
+    steps_label: str
+    default_eps: float | None
+    default_steps: int | None
+    max_steps: int
+    eps_range: tuple[float, float]
+    budget: dict
+
+
+def attack_choices(dataset: str) -> list[AttackChoice]:
+    """Every registered attack with its preset for ``dataset`` (paper suite first)."""
+    spec = get_spec(dataset)
+    out = []
+    for name, aspec in ATTACKS.items():
+        preset = attack_params(name, spec.name)
+        steps_param = aspec.steps_param
+        default_steps = preset.get(steps_param) if steps_param else None
+        ceiling = APP_MAX_STEPS.get(steps_param or "", 200)
+        budget = APP_BUDGET.get(name, {})
+        if steps_param in budget:
+            default_steps = min(default_steps, budget[steps_param])
+        out.append(AttackChoice(
+            name=name, display_name=aspec.display_name, description=aspec.description, threat=aspec.threat,
+            access=aspec.access, suite=aspec.suite, uses_eps=aspec.uses_eps,
+            uses_steps=aspec.uses_steps and steps_param is not None,
+            steps_label="queries" if steps_param == "n_queries" else "steps",
+            default_eps=spec.paper_eps if aspec.uses_eps else None, default_steps=default_steps,
+            max_steps=max(ceiling, default_steps or 1), eps_range=EPS_RANGE[spec.name], budget=budget,
+        ))
+    return out
+
+
+@dataclass
+class ModelAttack:
+    """One model's side of the Attack Lab: before, after, the perturbation and the attacker's cost."""
+
+    key: str
+    model_name: str
+    grad_mode: str | None
+    label: int | None
+    image: np.ndarray
+    adv_image: np.ndarray
+    clean_probs: np.ndarray
+    adv_probs: np.ndarray
+    linf: float
+    l2: float
+    seconds: float
+    forwards: float
+    backwards: float
+    surrogate_forwards: float | None
+    surrogate_backwards: float | None
+    gradient_source: str
+    params: dict
+
+    @property
+    def perturbation(self) -> np.ndarray:
+        return self.adv_image - self.image
+
+    @property
+    def clean_pred(self) -> int:
+        return int(self.clean_probs.argmax())
+
+    @property
+    def adv_pred(self) -> int:
+        return int(self.adv_probs.argmax())
+
+    @property
+    def flipped(self) -> bool:
+        """The attack changed the model's answer."""
+        return self.adv_pred != self.clean_pred
+
+    @property
+    def verdict(self) -> str:
+        return "flipped" if self.flipped else "held"
+
+    @property
+    def clean_correct(self) -> bool | None:
+        return None if self.label is None else self.clean_pred == self.label
+
+
+@dataclass
+class Comparison:
+    """The Attack Lab's result: one :class:`ModelAttack` per model, and what the page should say."""
+
+    dataset: str
+    attack: str
+    display_name: str
+    eps: float | None
+    steps: int | None
+    outcomes: dict[str, ModelAttack]
+    notices: list[Notice]
+
+
+def surrogate_for(attack: str, loaded: LoadedModel, twin: LoadedModel | None, classical: LoadedModel | None
+                  ) -> tuple[nn.Module | None, str]:
+    """The model an attack takes its gradient on for ``loaded``, and a sentence saying which.
+
+    BPDA uses the hybrid's differentiable twin; on a model that is already differentiable
+    (the CNN, a differentiable-mode hybrid) it reduces to white-box PGD on the model itself.
+    Transfer uses the classical CNN; on the CNN itself it is white-box PGD.
+    """
+    aspec = get_attack(attack)
+    if aspec.surrogate == "differentiable-twin":
+        if loaded.grad_mode == "paper":
+            if twin is None or not twin.available:
+                raise zoo.ModelUnavailableError(f"BPDA needs {loaded.name} in differentiable mode (unavailable).")
+            return InferenceOnly(twin.model), f"BPDA: values from {loaded.label}, gradients from {twin.label}"
+        return InferenceOnly(loaded.model), "already differentiable: BPDA is white-box PGD on this model"
+    if aspec.surrogate == "classical":
+        if classical is None or not classical.available:
+            raise zoo.ModelUnavailableError("Transfer needs the classical CNN, which is unavailable.")
+        source = "white-box on this model (it is the transfer source)" if loaded.name == "classical" else (
+            "transferred from the classical CNN (this model is never queried)")
+        return InferenceOnly(classical.model), source
+    return None, ""
+
+
+def compare_attack(dataset: str, image: torch.Tensor, label: int | None, attack: str,
+                   models: Mapping[str, LoadedModel], *, eps: float | None = None, steps: int | None = None,
+                   twin: LoadedModel | None = None, classical: LoadedModel | None = None, seed: int = 0,
+                   app_budget: bool = True) -> Comparison:
+    """Run ``attack`` on one image (C, H, W) against every model in ``models`` (unavailable ones skipped).
+
+    With an unknown ``label`` each model is attacked away from its own clean prediction.
+    ``app_budget`` lowers the slowest presets (:data:`APP_BUDGET`) and says so in the notices.
+    """
+    spec = get_spec(dataset)
+    aspec = get_attack(attack)
+    x = image.detach().float().reshape(1, *spec.input_shape)
+    overrides = dict(APP_BUDGET.get(aspec.name, {})) if app_budget else {}
+    if aspec.steps_param in overrides:  # the steps knob goes through ``steps``, the caller's value first
+        budget_steps = overrides.pop(aspec.steps_param)
+        steps = budget_steps if steps is None else steps
+    notices = []
+    if overrides:
+        shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        notices.append(Notice("info", f"To keep one click within seconds, the app runs {aspec.display_name} with a "
+                                      f"smaller budget ({shown}); the committed results use the full preset."))
+    if label is None:
+        notices.append(Notice("info", "True class unknown: each model is attacked away from its own prediction."))
+    outcomes = {}
+    for key, loaded in models.items():
+        if not loaded.available:
+            continue
+        model = InferenceOnly(loaded.model)
+        surrogate, source = surrogate_for(aspec.name, loaded, twin, classical)
+        target = torch.tensor([label]) if label is not None else predict_probs(model, x, seed + EVAL_SEED_OFFSET
+                                                                               ).argmax(-1)
+        out = run_attack(model, x, target, aspec.name, spec.name, eps=eps, steps=steps, surrogate=surrogate, seed=seed,
+                         **overrides)
+        norms = perturbation_norms(x, out.adv_images)
+        outcomes[key] = ModelAttack(
+            key=key, model_name=loaded.name, grad_mode=loaded.grad_mode, label=label, image=x[0].numpy(),
+            adv_image=out.adv_images[0].numpy(), clean_probs=out.clean_probs[0].double().numpy(),
+            adv_probs=out.adv_probs[0].double().numpy(), linf=float(norms["linf"][0]), l2=float(norms["l2"][0]),
+            seconds=out.seconds, forwards=out.forwards_per_image, backwards=out.backwards_per_image,
+            surrogate_forwards=out.surrogate_forwards_per_image,
+            surrogate_backwards=out.surrogate_backwards_per_image, gradient_source=source, params=out.params,
+        )
+    if aspec.stochastic_only:
+        notices.append(Notice("caption", f"{aspec.display_name} averages over random draws: it targets the paper "
+                                         "mode's random projection; on a deterministic model it is plain PGD at a "
+                                         "higher price."))
+    return Comparison(spec.name, aspec.name, aspec.display_name, eps, steps, outcomes, notices)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str], eps_values: Sequence[float], n: int,
+          *, twin: LoadedModel | None = None, classical: LoadedModel | None = None, seed: int = 0,
+          progress: Progress | None = None, cancel: threading.Event | None = None, app_budget: bool = True,
+          batch_size: int = 64) -> Sweep:
+    """Attack ``n`` shipped samples (class-balanced, seeded) with every attack and epsilon, per model.
+
+    Returns records with the same metric fields as the committed results (clean and robust
+    accuracy, ASR, Wilson intervals, time and passes per image, projected circuit runs).
+    ``progress`` is updated after every batch; setting ``cancel`` stops after the current batch.
+    """
+    spec = get_spec(dataset)
+    points = evaluation_points(spec.name, n, seed, source="samples")
+    jobs = [(key, get_attack(a), eps) for key, loaded in models.items() if loaded.available for a in attacks
+            for eps in (eps_values if get_attack(a).uses_eps else [None])]
+    batches = list(range(0, len(points.labels), batch_size))
+    total = max(len(jobs) * len(batches), 1)
+    result = Sweep()
+    for j, (key, aspec, eps) in enumerate(jobs):
+        loaded = models[key]
+        budget = dict(APP_BUDGET.get(aspec.name, {})) if app_budget else {}
+        steps = budget.pop(aspec.steps_param, None) if aspec.steps_param else None
+        surrogate, source = surrogate_for(aspec.name, loaded, twin, classical)
+        outcomes = []
+        for b, start in enumerate(batches):
+            if cancel is not None and cancel.is_set():
+                result.cancelled = True
+                return result
+            if progress is not None:
+                eps_text = "" if eps is None else f", ε = {eps * 255:.1f}/255"
+                progress.update(j * len(batches) + b, total, f"{loaded.label} · {aspec.display_name}{eps_text}")
+            x = points.images[start:start + batch_size]
+            y = points.labels[start:start + batch_size]
+            outcomes.append(run_attack(InferenceOnly(loaded.model), x, y, aspec.name, spec.name, eps=eps, steps=steps,
+                                       surrogate=surrogate, seed=seed + b, **budget))
+        result.records.append(_sweep_record(spec.name, loaded, aspec.name, eps, points, outcomes, source, seed))
+    if progress is not None:
+        progress.update(total, total, "done")
+    return result
+
+
+def _sweep_record(dataset: str, loaded: LoadedModel, attack: str, eps: float | None, points, outcomes: list,
+                  gradient_source: str, seed: int) -> dict:
+    """One record of a fresh sweep, in the committed results' field names."""
+    aspec = get_attack(attack)
+    n = len(points.labels)
+    clean = torch.cat([o.clean_pred for o in outcomes])
+    adv = torch.cat([o.adv_pred for o in outcomes])
+    sizes = [len(o.labels) for o in outcomes]
+    seconds = sum(o.seconds for o in outcomes)
+    fwd = sum(o.forwards_per_image * k for o, k in zip(outcomes, sizes, strict=True)) / n
+    bwd = sum(o.backwards_per_image * k for o, k in zip(outcomes, sizes, strict=True)) / n
+    record = {
+        "dataset": dataset, "model": loaded.name, "grad_mode": loaded.grad_mode, "attack": attack,
+        "attack_display": aspec.display_name, "suite": aspec.suite, "eps": eps,
+        "eps_255": None if eps is None else round(eps * 255, 4), "params": outcomes[0].params, "seed": seed,
+        "points": {"source": points.source, "selection": points.selection},
+        "gradient_source": gradient_source, "source_file": "fresh sweep (this session)",
+        **attack_metrics(points.labels, clean, adv),
+        "seconds_per_image": seconds / n, "forwards_per_image": fwd, "backwards_per_image": bwd,
+    }
+    if isinstance(loaded.model, QShieldHybrid):
+        through = loaded.grad_mode == "differentiable"
+        record["projected_circuit_executions"] = projected_circuit_executions(
+            fwd, bwd, loaded.model.circuit_config.n_qubits, gradient_through_circuit=through)
+    return record
+
+
+# --------------------------------------------------------------------------- result frames
+
+
+def load_results(directory: Path | None = None) -> tuple[list[dict], list[str]]:
+    """All records under ``results/`` (tagged with their file) and a list of problems met."""
+    records, problems = [], []
+    for path in result_files(directory):
+        try:
+            records.extend(dict(r, source_file=path.name) for r in evaluation.load_results(path) if isinstance(r, dict))
+        except ValueError as err:
+            problems.append(str(err))
+    return records, problems
+
+
+def model_label(model: str, grad_mode: str | None) -> str:
+    return model if not grad_mode else f"{model} ({grad_mode})"
+
+
+def _preset(record: dict) -> bool:
+    return "/steps=preset/" in record.get("key", "/steps=preset/")
+
+
+def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.DataFrame:
+    """Attack records as a flat frame for the curves: one row per (model, mode, attack, eps).
+
+    Where several records share that identity, the preset-budget record with the most points wins.
+    """
+    rows = {}
+    for r in records:
+        if r.get("eps") is None or "robust_accuracy" not in r or (dataset and r.get("dataset") != dataset):
+            continue
+        identity = (r["dataset"], r["model"], r.get("grad_mode"), r["attack"], round(float(r["eps"]), 6))
+        rank = (_preset(r), r.get("n", 0))
+        if identity not in rows or rank > rows[identity][0]:
+            rows[identity] = (rank, r)
+    out = []
+    for (_, r) in rows.values():
+        asr_ci = r.get("asr_ci") or [np.nan, np.nan]
+        ra_ci = r.get("robust_accuracy_ci") or [np.nan, np.nan]
+        label = model_label(r["model"], r.get("grad_mode"))
+        display = r.get("attack_display") or ATTACKS[r["attack"]].display_name
+        out.append({
+            "series": f"{label} · {display}", "dataset": r["dataset"], "model": r["model"],
+            "grad_mode": r.get("grad_mode"), "attack": r["attack"], "attack_display": display, "eps": float(r["eps"]),
+            "eps_255": round(float(r["eps"]) * 255, 2), "n": r.get("n"),
+            "clean_accuracy": r.get("clean_accuracy"),
+            "robust_accuracy": r["robust_accuracy"], "robust_accuracy_low": ra_ci[0], "robust_accuracy_high": ra_ci[1],
+            "asr": np.nan if r.get("asr") is None else r["asr"], "asr_low": asr_ci[0], "asr_high": asr_ci[1],
+            "source_file": r.get("source_file", ""),
+        })
+    columns = ["series", "dataset", "model", "grad_mode", "attack", "attack_display", "eps", "eps_255", "n",
+               "clean_accuracy", "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high", "asr", "asr_low",
+               "asr_high", "source_file"]
+    return pd.DataFrame(out, columns=columns).sort_values(["series", "eps"]).reset_index(drop=True)
+
+
+def paper_reference_frame(dataset: str) -> pd.DataFrame:
+    """The paper's published ASR at its epsilon (hybrids in the paper's mode), as curve points."""
+    paper = evaluation.load_paper_results()
+    columns = ["series", "model", "attack", "eps", "value"]
+    if paper is None:
+        return pd.DataFrame(columns=columns)
+    spec = get_spec(dataset)
+    rows = []
+    for (d, model, attack), asr in evaluation.paper_asr(paper).items():
+        if d != spec.name:
+            continue
+        mode = None if model == "classical" else "paper"
+        attack_name = ATTACKS[attack]
+        eps = spec.paper_eps if attack_name.uses_eps else None
+        if eps is not None:
+            rows.append({"series": f"{model_label(model, mode)} · {attack_name.display_name}", "model": model,
+                         "attack": attack, "eps": eps, "value": asr})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paper_asr_table(dataset: str) -> pd.DataFrame:
+    """The paper's ASR table (%) for one dataset: models by attacks, as published."""
+    paper = evaluation.load_paper_results()
+    if paper is None:
+        return pd.DataFrame()
+    spec = get_spec(dataset)
+    table = {}
+    for (d, model, attack), asr in evaluation.paper_asr(paper).items():
+        if d == spec.name:
+            table.setdefault(model, {})[ATTACKS[attack].display_name] = round(100 * asr, 2)
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("model").reset_index()
+
+
+def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
+    """Hybrid over classical cost per attack (same attack, epsilon and budget), with projected circuit runs."""
+    frame_rows = []
+    paper = evaluation.load_paper_results()
+    paper_seconds = evaluation.paper_attack_seconds(paper) if paper else {}
+    chosen: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("dataset") != dataset or "seconds_per_image" not in r or r.get("attack") in (None, "none"):
+            continue
+        eps = None if r.get("eps") is None else round(float(r["eps"]), 6)
+        identity = (r["model"], r.get("grad_mode"), r["attack"], eps, _preset(r))
+        if identity not in chosen or r.get("n", 0) > chosen[identity].get("n", 0):
+            chosen[identity] = r
+    for (model, mode, attack, eps, preset), hyb in chosen.items():
+        if model == "classical":
+            continue
+        cnn = chosen.get(("classical", None, attack, eps, preset))
+        if cnn is None:
+            continue
+        proj = hyb.get("projected_circuit_executions") or {}
+        p_cnn, p_hyb = paper_seconds.get((dataset, "classical", attack)), paper_seconds.get((dataset, model, attack))
+        frame_rows.append({
+            "attack": ATTACKS[attack].display_name, "series": model_label(model, mode), "model": model,
+            "grad_mode": mode, "eps_255": None if eps is None else round(eps * 255, 2), "preset budget": preset,
+            "classical ms/img": 1000 * cnn["seconds_per_image"], "hybrid ms/img": 1000 * hyb["seconds_per_image"],
+            "seconds_ratio": hyb["seconds_per_image"] / max(cnn["seconds_per_image"], 1e-12),
+            "classical fwd/img": cnn["forwards_per_image"], "classical bwd/img": cnn["backwards_per_image"],
+            "hybrid fwd/img": hyb["forwards_per_image"], "hybrid bwd/img": hyb["backwards_per_image"],
+            "circuit runs/img": proj.get("circuit_evaluations_per_image"), "shots/img": proj.get("shots_per_image"),
+            "paper hybrid/CNN time": None if not (p_cnn and p_hyb) else p_hyb / p_cnn,
+            "n": min(hyb.get("n", 0), cnn.get("n", 0)), "source": hyb.get("source_file", ""),
+        })
+    return pd.DataFrame(frame_rows)
+
+
+def circuit_cost_assumptions(shots: int = evaluation.DEFAULT_SHOTS) -> dict[str, str]:
+    """The stated assumptions of :func:`~qshield_core.evaluation.projected_circuit_executions`, per mode."""
+    return {mode: evaluation.projected_circuit_executions(
+        1, 1, shots=shots, gradient_through_circuit=mode == "differentiable")["assumptions"]
+        for mode in ("paper", "differentiable")}
+
+
+# --------------------------------------------------------------------------- adaptive summary
+
+
+@dataclass
+class AdaptiveSummary:
+    """The About page's digest of the adaptive results: a table and plain-language findings."""
+
+    source: str
+    table: pd.DataFrame
+    findings: list[str]
+
+
+def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
+    """Per hybrid (paper mode), the paper-protocol PGD ASR against the strongest adaptive attack's ASR.
+
+    None when no adaptive records are committed. Numbers come only from the results files.
+    """
+    records, _ = load_results(directory)
+    adaptive = [r for r in records if r.get("suite") == "adaptive" and r.get("asr") is not None]
+    if not adaptive:
+        return None
+    rows, findings = [], []
+    groups = sorted({(r["dataset"], r["model"], r.get("grad_mode")) for r in adaptive})
+    for dataset, model, mode in groups:
+        spec = get_spec(dataset)
+        at_eps = [r for r in records if r.get("dataset") == dataset and r.get("model") == model
+                  and r.get("grad_mode") == mode and r.get("asr") is not None and r.get("eps") is not None
+                  and abs(float(r["eps"]) - spec.paper_eps) < 1e-9]
+        pgd = max((r for r in at_eps if r["attack"] == "pgd" and _preset(r)), key=lambda r: r["n"], default=None)
+        strongest = max((r for r in at_eps if r.get("suite") == "adaptive"), key=lambda r: r["asr"], default=None)
+        if strongest is None:
+            continue
+        rows.append({
+            "dataset": spec.display_name, "model": model_label(model, mode), "ε": f"{spec.paper_eps * 255:.0f}/255",
+            "paper-protocol PGD ASR (%)": None if pgd is None else round(100 * pgd["asr"], 1),
+            "strongest adaptive attack": strongest.get("attack_display", strongest["attack"]),
+            "its ASR (%)": round(100 * strongest["asr"], 1),
+            "95 % interval": _interval_text(strongest.get("asr_ci")), "n": strongest.get("n"),
+        })
+        if pgd is not None:
+            findings.append(
+                f"{spec.display_name}, {model_label(model, mode)}: PGD as in the paper fools "
+                f"{100 * pgd['asr']:.1f} % of the correctly classified images; "
+                f"{strongest.get('attack_display', strongest['attack'])} fools {100 * strongest['asr']:.1f} % "
+                f"{_interval_text(strongest.get('asr_ci'))}.")
+    sources = sorted({r["source_file"] for r in adaptive})
+    return AdaptiveSummary(", ".join(f"results/{s}" for s in sources), pd.DataFrame(rows), findings)
+
+
+def _interval_text(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+REPRODUCE_COMMANDS = """\
+# 1. set up (creates .venv) and run the tests
+make test
+# 2. retrain every shipped model from scratch (pretrained/*.safetensors + *.json cards)
+bash scripts/train_all.sh
+# 3. the paper's protocol: 8 attacks x 5 models x 3 datasets, at the paper's epsilon
+python -m qshield_core evaluate --dataset mnist --model classical hybrid-none hybrid-linear hybrid-star hybrid-full \\
+    --attack paper-suite --n 1000 --json results/paper-reproduction.json
+# 4. the adaptive attacks (BPDA, EOT, AutoAttack, transfer, Square-5000)
+python -m qshield_core evaluate --dataset mnist --model hybrid-full --grad-mode paper differentiable \\
+    --attack adaptive-suite --n 1000 --json results/adaptive.json
+# 5. the app's benchmark (server start to first page, one PGD-10 attack on both models)
+python bench/bench_app.py
+# (repeat 3 and 4 for organamnist and cifar10; `make results` runs them all, resumably)
+"""
+
+
+def recorded_commands(records: Sequence[dict]) -> list[str]:
+    """The distinct commands that produced the given records (each record stores its own)."""
+    return sorted({r["command"] for r in records if r.get("command")})

@@ -1,0 +1,263 @@
+"""The QShield circuit against hand-computed cases, on the fast backend and on PennyLane."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qshield_core.noise import NOISE_KINDS, NoiseModel
+from qshield_core.quantum import (
+    CircuitConfig,
+    FeatureEncoder,
+    QuantumCircuitLayer,
+    draw_text,
+    entangling_pairs,
+)
+from qshield_core.simulator import qubits_for_classes
+
+BACKENDS = ("fast", "pennylane")
+NOISELESS = NoiseModel("none", 0.0)
+
+
+def run(config: CircuitConfig, angles: torch.Tensor, backend: str) -> torch.Tensor:
+    return QuantumCircuitLayer(config, backend)(angles.to(torch.float64)).detach()
+
+
+def basis_angles(bits: str, encoding: str = "enhanced") -> torch.Tensor:
+    """Angles that encode the computational basis state ``bits`` (RX(pi) or RY(pi) on each 1)."""
+    flips = torch.tensor([math.pi * int(b) for b in bits], dtype=torch.float64)
+    if encoding == "angle":
+        return flips.unsqueeze(0)
+    angles = torch.zeros(1, len(bits), 3, dtype=torch.float64)
+    angles[0, :, 0] = flips
+    return angles
+
+
+def one_hot(bits: str) -> torch.Tensor:
+    out = torch.zeros(1, 2 ** len(bits), dtype=torch.float64)
+    out[0, int(bits, 2)] = 1.0
+    return out
+
+
+# Worked by hand: CNOT(c, t) flips bit t when bit c is 1; wire 0 is the leftmost bit; pairs in order.
+#   linear (0,1)(1,2)(2,3); ring adds (3,0); star (0,1)(0,2)(0,3); full (0,1)(0,2)(0,3)(1,2)(1,3)(2,3).
+BASIS_CASES = [
+    ("1000", "none", 1, "1000"),
+    ("1000", "linear", 1, "1111"),
+    ("1000", "ring", 1, "0111"),
+    ("1000", "star", 1, "1111"),
+    ("1000", "full", 1, "1100"),
+    ("0100", "linear", 1, "0111"),
+    ("0100", "ring", 1, "1111"),
+    ("0100", "star", 1, "0100"),
+    ("0100", "full", 1, "0110"),
+    ("0001", "ring", 1, "1001"),
+    ("0001", "full", 1, "0001"),
+    ("1100", "full", 1, "1010"),
+    ("1000", "linear", 2, "1010"),
+    ("1000", "star", 2, "1000"),
+    ("1000", "full", 2, "1010"),
+    ("101", "ring", 1, "110"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ["enhanced", "angle"])
+@pytest.mark.parametrize("bits, entanglement, depth, expected", BASIS_CASES)
+def test_basis_state_through_entanglers(bits, entanglement, depth, expected, encoding, backend):
+    config = CircuitConfig(len(bits), encoding, entanglement, depth, noise=NOISELESS)
+    probs = run(config, basis_angles(bits, encoding), backend)
+    torch.testing.assert_close(probs, one_hot(expected), atol=1e-12, rtol=0)
+
+
+def test_entangling_pairs():
+    assert entangling_pairs("linear", 4) == [(0, 1), (1, 2), (2, 3)]
+    assert entangling_pairs("ring", 4) == [(0, 1), (1, 2), (2, 3), (3, 0)]
+    assert entangling_pairs("ring", 2) == [(0, 1)]
+    assert entangling_pairs("star", 4) == [(0, 1), (0, 2), (0, 3)]
+    assert len(entangling_pairs("full", 4)) == 6 and entangling_pairs("none", 4) == []
+    with pytest.raises(ValueError, match="linear"):
+        entangling_pairs("all-to-all", 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bell_state(backend):
+    angles = torch.zeros(1, 2, 3, dtype=torch.float64)
+    angles[0, 0, 1] = math.pi / 2  # RY(pi/2)|0> = |+>, then CNOT(0, 1)
+    probs = run(CircuitConfig(2, "enhanced", "linear", noise=NOISELESS), angles, backend)
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0, 0, 0.5]], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def product_probs(single_one: torch.Tensor) -> torch.Tensor:
+    """Kronecker product of per-qubit (P(0), P(1)) for each row of ``single_one`` (B, n) = P(1)."""
+    out = torch.ones(single_one.shape[0], 1, dtype=torch.float64)
+    for wire in range(single_one.shape[1]):
+        p1 = single_one[:, wire: wire + 1]
+        out = (out.unsqueeze(-1) * torch.stack([1 - p1, p1], -1)).flatten(1)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_product_state_without_entanglement(backend, rng):
+    angles = (torch.rand(6, 4, 3, generator=rng, dtype=torch.float64) * 2 - 1) * math.pi
+    probs = run(CircuitConfig(4, "enhanced", "none", noise=NOISELESS), angles, backend)
+    # RY(b) RX(a)|0> has Bloch z = cos(a) cos(b); RZ does not change the populations.
+    p1 = (1 - torch.cos(angles[..., 0]) * torch.cos(angles[..., 1])) / 2
+    torch.testing.assert_close(probs, product_probs(p1), atol=1e-12, rtol=0)
+
+    theta = torch.rand(6, 4, generator=rng, dtype=torch.float64) * 2 * math.pi
+    probs = run(CircuitConfig(4, "angle", "none", noise=NOISELESS), theta, backend)
+    torch.testing.assert_close(probs, product_probs(torch.sin(theta / 2) ** 2), atol=1e-12, rtol=0)
+
+
+def random_angles(batch: int, rng: torch.Generator, n_qubits: int = 4) -> torch.Tensor:
+    return (torch.rand(batch, n_qubits, 3, generator=rng, dtype=torch.float64) * 2 - 1) * math.pi
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entanglement", ["none", "linear", "full"])
+def test_full_depolarizing_gives_uniform(entanglement, backend, rng):
+    config = CircuitConfig(4, "enhanced", entanglement, depth=2, variational=True,
+                           noise=NoiseModel("depolarizing", 1.0, readout=0.2))
+    probs = run(config, random_angles(5, rng), backend)
+    torch.testing.assert_close(probs, torch.full_like(probs, 1 / 16), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_amplitude_damping_returns_ground_state(backend, rng):
+    config = CircuitConfig(4, "enhanced", "full", noise=NoiseModel("amplitude_damping", 1.0))
+    probs = run(config, random_angles(5, rng), backend)
+    torch.testing.assert_close(probs, one_hot("0000").expand(5, -1), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_thermal_relaxation_decays_to_ground_state(backend, rng):
+    noise = NoiseModel("thermal", 0.0, t1=1e-6, t2=1e-6, gate_time=20e-6)  # 20 T1: population left e^-20
+    probs = run(CircuitConfig(4, "enhanced", "linear", noise=noise), random_angles(3, rng), backend)
+    assert float(probs[:, 0].min()) > 1 - 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_final_phase_damping_leaves_populations(backend, rng):
+    angles = random_angles(4, rng)
+    clean = run(CircuitConfig(4, "enhanced", "full", noise=NOISELESS), angles, backend)
+    damped = run(CircuitConfig(4, "enhanced", "full", noise=NoiseModel("phase_damping", 1.0)), angles, backend)
+    torch.testing.assert_close(damped, clean, atol=1e-12, rtol=0)
+    # CNOTs only permute populations, so dephasing matters only when a rotation follows it: with
+    # trainable rotations in a second layer it does change the output.
+    weights = (torch.rand(2, 4, 3, generator=rng, dtype=torch.float64) * 2 - 1) * math.pi
+    outputs = []
+    for noise in (NOISELESS, NoiseModel("phase_damping", 1.0)):
+        layer = QuantumCircuitLayer(CircuitConfig(4, "enhanced", "full", depth=2, variational=True, noise=noise),
+                                    backend)
+        layer.weights.data = weights.float()
+        outputs.append(layer(angles).detach())
+    assert float((outputs[1] - outputs[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_readout_error_is_an_independent_bit_flip(backend):
+    r = 0.1
+    probs = run(CircuitConfig(4, "enhanced", "none", noise=NoiseModel("none", 0.0, readout=r)),
+                basis_angles("1000"), backend)
+    expected = torch.tensor([[r ** sum(a != b for a, b in zip(f"{k:04b}", "1000", strict=True))
+                              * (1 - r) ** sum(a == b for a, b in zip(f"{k:04b}", "1000", strict=True))
+                              for k in range(16)]], dtype=torch.float64)
+    torch.testing.assert_close(probs, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_probabilities_are_a_distribution(kind, rng):
+    noise = NoiseModel(kind, 0.3, readout=0.05, gate_time=5e-6)
+    config = CircuitConfig(4, "enhanced", "ring", depth=2, variational=True, noise=noise)
+    probs = run(config, random_angles(16, rng), "fast")
+    assert float(probs.min()) >= -1e-12
+    torch.testing.assert_close(probs.sum(-1), torch.ones(16, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [k for k in NOISE_KINDS if k not in ("none", "phase_damping")])
+def test_noise_changes_the_output(kind, rng):
+    """At the paper's strength and defaults (phase damping alone cannot: see the test above)."""
+    angles = random_angles(8, rng)
+    clean = run(CircuitConfig(4, "enhanced", "full", noise=NOISELESS), angles, "fast")
+    noisy = run(CircuitConfig(4, "enhanced", "full", noise=NoiseModel(kind, 0.005)), angles, "fast")
+    assert float((noisy - clean).abs().max()) > 1e-5
+
+
+def test_depolarizing_convention_is_nielsen_chuang():
+    """p -> PennyLane's DepolarizingChannel(3p/4); the paper's mixed recipe uses PennyLane's own p."""
+    specs = NoiseModel("depolarizing", 0.2).channel_specs()
+    assert specs[0][0].__name__ == "DepolarizingChannel" and specs[0][1] == pytest.approx((0.15,))
+    mixed = NoiseModel("mixed", 0.01).channel_specs()
+    assert [(c.__name__, v) for c, (v,) in mixed] == [
+        ("DepolarizingChannel", pytest.approx(0.004)), ("AmplitudeDamping", pytest.approx(0.003)),
+        ("PhaseDamping", pytest.approx(0.003))]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kind": "bitflip"}, "Unknown noise"),
+    ({"p": 1.5}, r"\[0, 1\]"),
+    ({"readout": 0.6}, "Readout"),
+    ({"kind": "thermal", "t1": 1e-6, "t2": 3e-6}, "2\\*T1"),
+])
+def test_invalid_noise_models_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NoiseModel(**kwargs)
+
+
+def test_circuit_config():
+    assert [qubits_for_classes(c) for c in (2, 3, 10, 11, 16, 17)] == [2, 2, 4, 4, 4, 5]
+    assert CircuitConfig.for_classes(11).n_qubits == 4
+    config = CircuitConfig(entanglement="star", variational=True, depth=3, noise=NoiseModel("thermal", readout=0.01))
+    assert config.weight_shape == (3, 4, 3)
+    assert CircuitConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="encoding"):
+        CircuitConfig(encoding="amplitude")
+
+
+def test_circuit_can_be_drawn():
+    text = draw_text(CircuitConfig(entanglement="star", noise=NoiseModel("mixed", 0.005, readout=0.01)))
+    for gate in ("RX", "RY", "RZ", "╭●", "DepolarizingChannel", "AmplitudeDamping", "PhaseDamping", "BitFlip", "Probs"):
+        assert gate in text
+
+
+# --------------------------------------------------------------------------- feature encoding
+
+
+def test_enhanced_encoding(rng):
+    config = CircuitConfig.for_classes(10)
+    encoder = FeatureEncoder(10, config, projection_seed=3)
+    logits = torch.randn(7, 10, generator=rng)
+    angles = encoder(logits)
+    assert angles.shape == (7, 4, 3)
+    assert float(angles.abs().max()) < math.pi
+    # Standardisation per sample: the angles do not change under a positive affine map of the logits.
+    torch.testing.assert_close(encoder(3.0 * logits + 5.0), angles, atol=1e-5, rtol=0)
+    # The projection: 0.1 x orthonormal columns, zero-padded to 3n, fixed by the seed.
+    projection = encoder.fixed_projection
+    torch.testing.assert_close(projection[:, :10].T @ projection[:, :10], 0.01 * torch.eye(10), atol=1e-6, rtol=0)
+    assert bool((projection[:, 10:] == 0).all())
+    assert torch.equal(FeatureEncoder(10, config, projection_seed=3).fixed_projection, projection)
+    assert not torch.equal(FeatureEncoder(10, config, projection_seed=4).fixed_projection, projection)
+
+
+def test_random_projection_is_fresh_each_call(rng):
+    encoder = FeatureEncoder(11, CircuitConfig.for_classes(11))
+    logits = torch.randn(3, 11, generator=rng)
+    assert not torch.allclose(encoder(logits, random_projection=True), encoder(logits, random_projection=True))
+    torch.manual_seed(5)
+    first = encoder(logits, random_projection=True)
+    torch.manual_seed(5)
+    torch.testing.assert_close(encoder(logits, random_projection=True), first)
+
+
+def test_angle_encoding(rng):
+    encoder = FeatureEncoder(10, CircuitConfig.for_classes(10, encoding="angle"))
+    logits = torch.randn(5, 10, generator=rng) * 4
+    angles = encoder(logits)
+    assert angles.shape == (5, 4)
+    assert float(angles.min()) > 0 and float(angles.max()) < 2 * math.pi
+    groups = torch.tensor_split(logits, 4, dim=-1)
+    torch.testing.assert_close(angles[:, 1], 2 * math.pi * torch.sigmoid(groups[1].mean(-1)))
