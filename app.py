@@ -1,23 +1,24 @@
 """QShield: the Streamlit app. Run with ``streamlit run app.py`` (or ``make run``).
 
-This file only sets up the page, the shared sidebar and the navigation; every page lives in
-``pages/`` and every computation in ``qshield_core``.
+This file only sets up the page and the navigation; every page lives in ``pages/`` (and draws the
+shared sidebar first, through ``pages/_shared.py``) and every computation in ``qshield_core``.
 """
 
 import streamlit as st
+import torch
 
-from pages import _shared as ui
+# One intra-op thread per computation: a click attacks one image (tiny tensors), and concurrent sessions
+# already run in parallel threads; two OpenMP threads per op only contend on a 2-core machine.
+torch.set_num_threads(1)
 
-st.set_page_config(page_title="QShield", page_icon="🛡️", layout="wide")
+st.set_page_config(page_title="QShield", page_icon=":material/shield:", layout="wide")
 
 PAGES = [
-    st.Page("pages/attack_lab.py", title="Attack Lab", icon="⚔️", default=True),
-    st.Page("pages/robustness_explorer.py", title="Robustness Explorer", icon="📈"),
-    st.Page("pages/quantum_circuit.py", title="Quantum Circuit", icon="⚛️"),
-    st.Page("pages/attacker_cost.py", title="Attacker Cost", icon="⏱️"),
-    st.Page("pages/about.py", title="About / Method", icon="📖"),
+    st.Page("pages/attack_lab.py", title="Attack Lab", icon=":material/swords:", default=True),
+    st.Page("pages/robustness_explorer.py", title="Robustness Explorer", icon=":material/show_chart:"),
+    st.Page("pages/quantum_circuit.py", title="Quantum Circuit", icon=":material/blur_on:"),
+    st.Page("pages/attacker_cost.py", title="Attacker Cost", icon=":material/timer:"),
+    st.Page("pages/about.py", title="About / Method", icon=":material/menu_book:"),
 ]
 
-page = st.navigation(PAGES)
-ui.sidebar()
-page.run()
+st.navigation(PAGES).run()

@@ -61,8 +61,45 @@ class Settings:
         return "as trained" if self.noise is None else self.noise.describe()
 
 
+QUERY_KEYS = {
+    "dataset": "qs_dataset", "hybrid": "qs_hybrid", "mode": "qs_grad_mode", "attack": "lab_attack",
+    "class": "lab_class", "sample": "lab_pos", "eps": "lab_eps_{dataset}", "steps": "lab_steps_{attack}",
+}
+"""URL query parameters that preset a session (e.g. ``?dataset=cifar10&attack=pgd&eps=4&class=3``): a teacher
+can hand out a link to a prepared demo. Read once, when a session starts."""
+
+
+def apply_query_params() -> None:
+    """Seed this session's widgets from the URL query parameters, once per session; ignore bad values."""
+    if st.session_state.get("qs_query_applied"):
+        return
+    st.session_state["qs_query_applied"] = True
+    params = st.query_params
+    dataset = params.get("dataset", "mnist")
+    attack = params.get("attack", "pgd")
+    converters = {"dataset": str, "hybrid": str, "mode": str, "attack": str, "class": int, "sample": int,
+                  "eps": int, "steps": int}
+    allowed = {"dataset": DATASETS, "hybrid": HYBRID_CHOICES, "mode": GRAD_MODES}
+    for name, key in QUERY_KEYS.items():
+        if name not in params:
+            continue
+        try:
+            value = converters[name](params[name])
+        except ValueError:
+            continue
+        if name in allowed and value not in allowed[name]:
+            continue
+        st.session_state[key.format(dataset=dataset, attack=attack)] = value
+
+
 def sidebar() -> Settings:
-    """Draw the shared sidebar and return (and store) the session's settings."""
+    """Draw the shared sidebar and return (and store) the session's settings.
+
+    Every page calls this first (rather than ``app.py``), so the sidebar is drawn exactly once per run
+    however the page is reached: through ``st.navigation`` or run directly (as ``AppTest.switch_page``
+    and Streamlit's first run of a folder named ``pages/`` do).
+    """
+    apply_query_params()
     with st.sidebar:
         st.markdown("### QShield")
         dataset = st.selectbox("Dataset", DATASETS, key="qs_dataset", format_func=lambda d: get_spec(d).display_name)
@@ -81,13 +118,7 @@ def sidebar() -> Settings:
             noise = NoiseModel(kind=kind, p=p, readout=readout)
         settings = Settings(dataset, hybrid, grad_mode, noise)
         _model_status(settings)
-    st.session_state["qs_settings"] = settings
     return settings
-
-
-def settings() -> Settings:
-    """The settings the sidebar stored on this run."""
-    return st.session_state["qs_settings"]
 
 
 def _model_status(s: Settings) -> None:
@@ -95,11 +126,11 @@ def _model_status(s: Settings) -> None:
     for name in ("classical", s.hybrid):
         loaded = get_model(s.dataset, name, s.grad_mode, s.noise)
         if loaded.model is None:
-            st.error(f"{name}: unavailable. {loaded.error}", icon="⛔")
+            st.error(f"{name}: unavailable. {loaded.error}", icon=":material/block:")
         else:
             acc = loaded.card.get("clean_test_accuracy")
             acc_text = f"{100 * acc:.2f} % clean test accuracy" if acc is not None else "no accuracy on card"
-            st.caption(f"✅ {name}: {acc_text}")
+            st.caption(f":material/check_circle: {name}: {acc_text}")
 
 
 # --------------------------------------------------------------------------- models
@@ -219,12 +250,26 @@ def pick_sample(dataset: str, key: str) -> dict | None:
         return None
     spec = get_spec(dataset)
     classes = sorted({row["label"] for row in table})
+    drop_invalid(f"{key}_class", classes)
     left, right = st.columns(2)
     label = left.selectbox("Class", classes, key=f"{key}_class", format_func=lambda c: f"{c}: {spec.class_names[c]}")
     rows = [row for row in table if row["label"] == label]
+    drop_invalid(f"{key}_pos", range(len(rows)))
     position = right.selectbox("Sample", range(len(rows)), key=f"{key}_pos",
                                format_func=lambda i: f"{rows[i]['split']} #{rows[i]['index']}")
     return rows[min(position, len(rows) - 1)]
+
+
+def drop_invalid(key: str, options) -> None:
+    """Forget a preset widget value (e.g. from the URL) that is not among the widget's options."""
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
+
+
+def clamp_state(key: str, low: int, high: int) -> None:
+    """Keep a preset slider value (e.g. from the URL) inside the slider's range."""
+    if key in st.session_state:
+        st.session_state[key] = min(max(int(st.session_state[key]), low), high)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -5,7 +5,8 @@ import streamlit as st
 from pages import _shared as ui
 from qshield_core import lab
 
-st.title("📖 About QShield")
+ui.sidebar()
+st.title("About QShield")
 
 st.markdown(
     """

@@ -10,9 +10,9 @@ from pages import _shared as ui
 from qshield_core import lab, viz
 from qshield_core.data import ImageInputError, get_spec, prepare_upload
 
-s = ui.settings()
+s = ui.sidebar()
 spec = get_spec(s.dataset)
-st.title("⚔️ Attack Lab")
+st.title("Attack Lab")
 st.caption(
     "Pick an image and an attack: the same attack is run against the classical CNN and the hybrid, and you see "
     "what it changed, what each model now says, and what it cost the attacker."
@@ -30,7 +30,7 @@ if source == "Shipped sample":
 elif source == "Random sample":
     table = ui.samples_of(s.dataset)
     pick_key = f"lab_random_{s.dataset}"
-    if st.button("🎲 Draw another", key="lab_draw") or pick_key not in st.session_state:
+    if st.button("Draw another", icon=":material/casino:", key="lab_draw") or pick_key not in st.session_state:
         st.session_state[pick_key] = int(np.random.default_rng().integers(len(table)))
     entry = table[st.session_state[pick_key] % len(table)]
     image, label, caption = ui.sample_pixels(entry), entry["label"], entry["title"]
@@ -45,7 +45,7 @@ else:
             st.error(f"This upload cannot be used: {err}")
         else:
             for note in prepared.notes:
-                st.info(note, icon="ℹ️")
+                st.info(note, icon=":material/info:")
             image, caption = prepared.tensor.numpy(), upload.name
             label = st.selectbox("True class (if you know it)", [None, *range(spec.num_classes)],
                                  key=f"lab_upload_label_{s.dataset}",
@@ -56,16 +56,21 @@ choices = lab.attack_choices(s.dataset)
 names = [c.name for c in choices]
 by_name = {c.name: c for c in choices}
 col_attack, col_eps, col_steps = st.columns([2, 2, 1])
-attack = col_attack.selectbox("Attack", names, key="lab_attack", format_func=lambda n: by_name[n].display_name,
-                              index=names.index("pgd") if "pgd" in names else 0)
+ui.drop_invalid("lab_attack", names)
+st.session_state.setdefault("lab_attack", "pgd")
+attack = col_attack.selectbox("Attack", names, key="lab_attack", format_func=lambda n: by_name[n].display_name)
 choice = by_name[attack]
-eps_lo, eps_hi = choice.eps_range
-eps_255 = col_eps.slider("Strength ε (L∞, in 1/255 of the pixel range)", round(eps_lo * 255), round(eps_hi * 255),
-                         round(choice.default_eps * 255) if choice.default_eps else round(spec.paper_eps * 255),
-                         key=f"lab_eps_{s.dataset}", disabled=not choice.uses_eps,
+eps_lo, eps_hi = round(choice.eps_range[0] * 255), round(choice.eps_range[1] * 255)
+eps_key, steps_key = f"lab_eps_{s.dataset}", f"lab_steps_{attack}"
+ui.clamp_state(eps_key, eps_lo, eps_hi)
+ui.clamp_state(steps_key, 1, choice.max_steps)
+st.session_state.setdefault(eps_key, round(spec.paper_eps * 255))
+st.session_state.setdefault(steps_key, choice.default_steps or 1)
+eps_255 = col_eps.slider("Strength ε (L∞, in 1/255 of the pixel range)", eps_lo, eps_hi, key=eps_key,
+                         disabled=not choice.uses_eps,
                          help="The largest change the attack may make to any pixel. "
                               f"The paper used {spec.paper_eps * 255:.0f}/255 on {spec.display_name}.")
-steps = col_steps.number_input("Steps", 1, choice.max_steps, choice.default_steps or 1, key=f"lab_steps_{attack}",
+steps = col_steps.number_input(choice.steps_label.capitalize(), 1, choice.max_steps, key=steps_key,
                                disabled=not choice.uses_steps)
 st.caption(choice.description)
 both_modes = st.toggle("Also attack the hybrid in its other gradient mode", key="lab_both_modes",
@@ -80,7 +85,7 @@ twin = ui.twin_of(s)
 classical = models["classical"]
 for key, loaded in models.items():
     if not loaded.available:
-        st.error(f"**{key}** is unavailable and is left out: {loaded.error}", icon="⛔")
+        st.error(f"**{key}** is unavailable and is left out: {loaded.error}", icon=":material/block:")
 usable = {k: m for k, m in models.items() if m.available}
 if not usable:
     st.stop()
@@ -109,8 +114,9 @@ columns = st.columns(len(result.outcomes))
 for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
     with column:
         st.subheader(key)
-        badge = ":red-badge[⚠️ FLIPPED]" if out.flipped else ":green-badge[✅ HELD]"
         names_ = spec.class_names
+        badge = (":red-badge[:material/warning: FLIPPED]" if out.flipped
+                 else ":green-badge[:material/verified_user: HELD]")
         st.markdown(f"{badge} &nbsp; **{names_[out.clean_pred]}** → **{names_[out.adv_pred]}**"
                     + ("" if out.clean_correct in (None, True) else " · (already wrong before the attack)"))
         left, mid = st.columns(2)
@@ -118,9 +124,14 @@ for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
         mid.plotly_chart(viz.image_figure(out.adv_image, "adversarial", height=170), key=f"adv_{key}")
         st.plotly_chart(viz.perturbation_figure(out.perturbation, out.linf, out.l2, height=200), key=f"pert_{key}")
         st.plotly_chart(viz.topk_figure(out.clean_probs, out.adv_probs, names_, k=5, label=label), key=f"topk_{key}")
-        st.markdown(
-            f"⏱️ attacker time **{out.seconds * 1000:.0f} ms** · passes: **{out.forwards:.0f}** forward, "
-            f"**{out.backwards:.0f}** backward" + (f"  \n🎯 gradients from: {out.gradient_source}"
-                                                   if out.gradient_source else ""))
+        time_col, fwd_col, bwd_col = st.columns(3)
+        time_col.metric("Attacker time", f"{out.seconds * 1000:.0f} ms")
+        fwd_col.metric("Forward passes", f"{out.forwards:.0f}")
+        bwd_col.metric("Backward passes", f"{out.backwards:.0f}")
+        if out.surrogate_forwards is not None:
+            st.caption(f"Plus {out.surrogate_forwards:.0f} forward and {out.surrogate_backwards:.0f} backward passes "
+                       "on the model that supplied the gradients.")
+        if out.gradient_source:
+            st.caption(f":material/my_location: Gradients: {out.gradient_source}.")
 with st.expander("Exact attack parameters"):
     st.json({k: o.params for k, o in result.outcomes.items()})

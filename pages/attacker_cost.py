@@ -4,11 +4,12 @@ import streamlit as st
 
 from pages import _shared as ui
 from qshield_core import lab, viz
+from qshield_core.attacks import ATTACKS, PAPER_ATTACKS
 from qshield_core.data import get_spec
 
-s = ui.settings()
+s = ui.sidebar()
 spec = get_spec(s.dataset)
-st.title("⏱️ Attacker Cost")
+st.title("Attacker Cost")
 st.caption(
     "The paper argues that the hybrid makes attacks 22× to 247× more expensive (HQCNN-Full over the CNN, on the "
     "authors' laptop GPU). Here: the attacker's wall time and forward/backward passes per image, hybrid over "
@@ -64,8 +65,8 @@ st.caption(
 with st.form("ac_form"):
     left, right = st.columns(2)
     n_images = left.slider("Images", 10, 50, 10, step=10, key="ac_n")
-    attacks = right.multiselect("Attacks", list(lab.PAPER_ATTACKS), default=["fgsm", "pgd", "square"],
-                                format_func=lambda n: lab.ATTACKS[n].display_name, key="ac_attacks")
+    attacks = right.multiselect("Attacks", list(PAPER_ATTACKS), default=["fgsm", "pgd", "square"],
+                                format_func=lambda n: ATTACKS[n].display_name, key="ac_attacks")
     submitted = st.form_submit_button("Measure", type="primary", disabled=ui.job_of("ac_job") is not None)
 if submitted and attacks:
     models = ui.model_set(s, both_modes=True)
@@ -102,5 +103,5 @@ for mode, text in lab.circuit_cost_assumptions().items():
 st.info(
     "A 4-qubit circuit is trivial to simulate classically, and the paper's circuit is public: a white-box attacker "
     "needs no quantum device at all. These counts show what the cost argument would require, not a real barrier.",
-    icon="⚠️",
+    icon=":material/warning:",
 )

@@ -11,9 +11,9 @@ from qshield_core import lab, viz
 from qshield_core.data import get_spec
 from qshield_core.noise import NoiseModel
 
-s = ui.settings()
+s = ui.sidebar()
 spec = get_spec(s.dataset)
-st.title("⚛️ Quantum Circuit")
+st.title("Quantum Circuit")
 st.caption(
     "The hybrid feeds the CNN's class scores into a small quantum circuit and mixes the circuit's output "
     "back with the CNN's own prediction. Here you can see every step for one image."
@@ -35,7 +35,8 @@ if s.grad_mode == "paper":
     left, right = st.columns([3, 1])
     left.info(
         "Paper mode: the projection from the CNN's scores to the rotation angles is a fresh random draw "
-        "at every forward pass, so the angles (and the output) change each time the model runs.", icon="🎲")
+        "at every forward pass, so the angles (and the output) change each time the model runs.",
+        icon=":material/casino:")
     if right.button("Redraw the projection", key="qc_redraw"):
         st.session_state[seed_key] += 1
 view = lab.quantum_view(loaded.model, image, seed=st.session_state[seed_key])

@@ -6,9 +6,9 @@ from pages import _shared as ui
 from qshield_core import lab, viz
 from qshield_core.data import get_spec
 
-s = ui.settings()
+s = ui.sidebar()
 spec = get_spec(s.dataset)
-st.title("📈 Robustness Explorer")
+st.title("Robustness Explorer")
 st.caption(
     "How often each attack succeeds as its strength ε grows. Solid lines: the classical CNN (blue) and hybrids "
     "in the paper's gradient mode (red); dotted: hybrids in the differentiable mode. Bars: 95 % Wilson intervals."

@@ -357,12 +357,12 @@ _SPECS = [
     AttackSpec("apgd-dlr", "APGD-DLR", "Linf", "white-box gradient", True, True, _CROCE,
                "Auto-PGD with the scale-invariant difference-of-logits-ratio loss, 100 iterations.", "adaptive",
                lambda d, eps: _apgd_preset(eps, 100, "dlr"), _build_apgd, steps_param="steps"),
-    AttackSpec("autoattack", "AutoAttack", "Linf", "white-box gradient + score-based queries", True, False, _CROCE,
+    AttackSpec("autoattack", "AutoAttack", "Linf", "white-box gradient + score-based queries", True, True, _CROCE,
                "Standard AutoAttack: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), each 100 iterations, then "
                "Square with 5,000 queries; each attack runs on the points the previous ones left.", "adaptive",
                lambda d, eps: dict(eps=eps, steps=100, n_queries=5000, seed=0), _build_autoattack,
                steps_param="steps"),
-    AttackSpec("autoattack-rand", "AutoAttack (rand, EOT-20)", "Linf", "white-box gradient, EOT", True, False, _CROCE,
+    AttackSpec("autoattack-rand", "AutoAttack (rand, EOT-20)", "Linf", "white-box gradient, EOT", True, True, _CROCE,
                "AutoAttack for randomised defences: APGD-CE then APGD-DLR, 100 iterations, each gradient averaged "
                "over 20 random draws (EOT).", "adaptive",
                lambda d, eps: dict(eps=eps, steps=100, eot_iter=20, seed=0), _build_autoattack_rand,

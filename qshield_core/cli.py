@@ -178,7 +178,8 @@ def _cmd_info(args) -> int:
             by_mode = card.get("clean_test_accuracy_by_grad_mode") or {}
             diff = by_mode.get("differentiable")
             alpha = card.get("mean_alpha_test")
-            print(f"{dataset:12s} {model:14s} {100 * card['clean_test_accuracy']:8.2f}% "
+            accuracy = card.get("clean_test_accuracy") or float("nan")
+            print(f"{dataset:12s} {model:14s} {100 * accuracy:8.2f}% "
                   f"{'' if diff is None else f'{100 * diff:8.2f}%':>9s} {card.get('parameter_count', 0):9,d} "
                   f"{card.get('train_seconds', 0):8.0f} {'' if alpha is None else f'{alpha:.3f}':>6s}  "
                   f"{card.get('weights_sha256', '')[:12] + ('' if ok else ' BAD'):14s} "

@@ -664,6 +664,8 @@ def paper_asr(paper: dict) -> dict[tuple[str, str, str], float]:
     table = paper["attack_success_rate_percent"]["values"]
     out = {}
     for pd, dataset in PAPER_DATASETS.items():
+        if pd not in table:
+            continue
         for mi, pm in enumerate(paper["models"]):
             if pm not in PAPER_MODELS:
                 continue
@@ -679,6 +681,8 @@ def paper_attack_seconds(paper: dict) -> dict[tuple[str, str, str], float]:
     table = paper["attack_seconds"]["values"]
     out = {}
     for pd, dataset in PAPER_DATASETS.items():
+        if pd not in table:
+            continue
         for mi, pm in enumerate(paper["models"]):
             for ai, pa in enumerate(paper["attacks"]):
                 attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
@@ -701,6 +705,15 @@ def _eps_text(eps: float | None) -> str:
 
 def _same(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and abs(a - b) < 1e-9
+
+
+def _attack_label(r: dict) -> str:
+    """The attack's display name, with a steps override when the record did not use the preset."""
+    name = ATTACKS[r["attack"]].display_name if r["attack"] in ATTACKS else r["attack"]
+    key = r.get("key", "")
+    if "/steps=" in key and "/steps=preset/" not in key:
+        name += f" [steps={key.split('/steps=')[1].split('/')[0]}]"
+    return name
 
 
 def _model_label(r: dict) -> str:
@@ -857,8 +870,8 @@ def _section_sanity(records: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("asr") is not None and r["eps"] is not None:
-            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", r["attack"]), []).append(r)
-    for (dataset, model, mode, attack), rs in sorted(groups.items()):
+            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", _attack_label(r)), []).append(r)
+    for (dataset, model, mode, _label), rs in sorted(groups.items()):
         by_eps = {}
         for r in rs:
             by_eps[round(r["eps"], 6)] = r
@@ -868,7 +881,7 @@ def _section_sanity(records: list[dict]) -> str:
         series = ", ".join(f"{_eps_text(r['eps'])}: {_pct(r['asr'], 0)}" for r in ordered)
         top = ordered[-1]["asr"]
         sweep_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""),
-                           ATTACKS[attack].display_name, series, "yes" if top >= 0.95 else f"**no** ({_pct(top)})"])
+                           _attack_label(ordered[-1]), series, "yes" if top >= 0.95 else f"**no** ({_pct(top)})"])
     if sweep_rows:
         parts.append("### ASR (%) as epsilon grows\n\n" + _table(
             ["dataset", "model", "attack", "ASR by eps", "reaches >= 95 %"], sweep_rows))
@@ -876,7 +889,7 @@ def _section_sanity(records: list[dict]) -> str:
     iterative = ("pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce")
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in records:
-        if r.get("asr") is not None and r["eps"] is not None and "/steps=preset/" in r["key"]:
+        if r.get("asr") is not None and r["eps"] is not None:
             keyed.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", round(r["eps"], 6)), {})[r["attack"]] = r
     for (dataset, model, mode, eps), by_attack in sorted(keyed.items()):
         fgsm = by_attack.get("fgsm")
@@ -887,7 +900,7 @@ def _section_sanity(records: list[dict]) -> str:
         ok = best["asr"] >= fgsm["asr"]
         overlap = best["asr_ci"] and fgsm["asr_ci"] and best["asr_ci"][1] >= fgsm["asr_ci"][0]
         iter_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""), _eps_text(eps),
-                          _pct(fgsm["asr"]), f"{_pct(best['asr'])} ({best['attack']})",
+                          _pct(fgsm["asr"]), f"{_pct(best['asr'])} ({_attack_label(best)})",
                           "yes" if ok else ("no, within the intervals" if overlap else "**no**")])
     if iter_rows:
         parts.append("### Iterative attacks vs FGSM (ASR %)\n\n" + _table(
@@ -909,7 +922,8 @@ def _section_all(records: list[dict]) -> str:
                                             r["eps"] or 0.0)):
         attacked = "robust_accuracy" in r
         rows.append([
-            get_spec(r["dataset"]).display_name, _model_label(r), r["attack"], _eps_text(r["eps"]), str(r["n"]),
+            get_spec(r["dataset"]).display_name, _model_label(r), _attack_label(r) if r["attack"] != "none" else "none",
+            _eps_text(r["eps"]), str(r["n"]),
             f"{_pct(r['clean_accuracy'])} {_ci(r['clean_accuracy_ci'])}",
             f"{_pct(r['robust_accuracy'])} {_ci(r['robust_accuracy_ci'])}" if attacked else "-",
             f"{_pct(r['asr'])} {_ci(r['asr_ci'])}" if attacked else "-",

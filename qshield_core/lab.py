@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import evaluation, zoo
-from .attacks import ATTACKS, EPS_RANGE, PAPER_ATTACKS, attack_params, get_attack
+from .attacks import ATTACKS, EPS_RANGE, attack_params, get_attack
 from .data import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, REPO_ROOT, Sample, get_spec, list_samples, load_sample_image
 from .evaluation import (
     EVAL_SEED_OFFSET,

@@ -168,6 +168,49 @@ def test_readout_error_is_an_independent_bit_flip(backend):
     torch.testing.assert_close(probs, expected, atol=1e-12, rtol=0)
 
 
+def population_map(noise: NoiseModel) -> torch.Tensor:
+    """By hand: the 2x2 map T[out, in] each channel induces on one qubit's populations, in order."""
+    def flip(f: float) -> torch.Tensor:
+        return torch.tensor([[1 - f, f], [f, 1 - f]], dtype=torch.float64)
+
+    def decay(g: float) -> torch.Tensor:
+        return torch.tensor([[1.0, g], [0.0, 1 - g]], dtype=torch.float64)
+
+    p = noise.p
+    maps = {
+        "none": [],
+        "depolarizing": [flip(p / 2)],  # rho -> (1-p) rho + p I/2 flips a population with probability p/2
+        "amplitude_damping": [decay(p)],
+        "phase_damping": [],  # dephasing leaves populations alone
+        # PennyLane's DepolarizingChannel(q): X and Y (each q/3) flip, Z does not: flip 2q/3.
+        "mixed": [flip(2 * 0.4 * p / 3), decay(0.3 * p)],
+        "thermal": [decay(1 - math.exp(-noise.gate_time / noise.t1))],  # T2 acts on coherences only
+    }[noise.kind] + [flip(noise.readout)]
+    total = torch.eye(2, dtype=torch.float64)
+    for m in maps:
+        total = m @ total
+    return total
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("noise", [NoiseModel("depolarizing", 0.3), NoiseModel("amplitude_damping", 0.4),
+                                   NoiseModel("phase_damping", 0.5), NoiseModel("mixed", 0.6, readout=0.1),
+                                   NoiseModel("thermal", 0.0, t1=40e-6, t2=60e-6, gate_time=20e-6)],
+                         ids=lambda n: n.kind)
+def test_final_layer_noise_is_a_classical_map_on_populations(noise, backend, rng):
+    """The paper's circuit (depth 1, no trainable layer) has its noise after the last gate, so it equals
+    a fixed per-qubit stochastic matrix applied to the noiseless probabilities."""
+    angles = random_angles(5, rng)
+    clean = run(CircuitConfig(4, "enhanced", "full", noise=NOISELESS), angles, backend)
+    noisy = run(CircuitConfig(4, "enhanced", "full", noise=noise), angles, backend)
+    single = population_map(noise)
+    full = single
+    for _ in range(3):
+        full = torch.kron(full, single)
+    torch.testing.assert_close(noisy, clean @ full.T, atol=1e-12, rtol=0)
+    assert float((noisy - clean).abs().max()) > 1e-3 or noise.kind == "phase_damping"
+
+
 @pytest.mark.parametrize("kind", NOISE_KINDS)
 def test_probabilities_are_a_distribution(kind, rng):
     noise = NoiseModel(kind, 0.3, readout=0.05, gate_time=5e-6)

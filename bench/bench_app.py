@@ -1,0 +1,133 @@
+"""Benchmark of the Streamlit app's responsiveness (targets: first page within 10 s, one attack within 2 s).
+
+Measures, in one run, on this machine:
+
+1. **Server start to first page**: ``streamlit run app.py`` is started (clock starts), headless
+   Chromium (already running) opens the app as soon as the server answers, and the clock stops
+   when the Attack Lab has drawn its first result (both models' verdicts) and finished its run.
+   The moments the server answered and the page title appeared are printed too.
+2. **One attack, both models, with its figures**: PGD with 10 steps on one shipped image against
+   the classical CNN and the hybrid (``lab.compare_attack``) plus every Plotly figure the Attack
+   Lab draws for it, serialised as Streamlit sends it; in-process, models already loaded (as the
+   app's cache holds them), one thread as in the app; per dataset, over several images.
+3. **The same click in the browser**: moving the epsilon slider one step in the running app until
+   the page has redrawn (Streamlit's own overhead included).
+
+Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--no-browser]``. Needs Debian's
+Chromium (/usr/bin/chromium) and Playwright for parts 1 and 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from browser_support import CHROMIUM, SETTLED_JS, launch_options, streamlit_server  # noqa: E402
+
+from qshield_core import lab, viz  # noqa: E402
+from qshield_core.data import get_spec  # noqa: E402
+
+TARGET_FIRST_PAGE_S = 10.0
+TARGET_ATTACK_S = 2.0
+
+
+def attack_with_figures(dataset: str, entry: dict, models: dict) -> float:
+    """Seconds for PGD-10 on one image against every model, plus the Attack Lab's figures as JSON."""
+    spec = get_spec(dataset)
+    start = time.perf_counter()
+    result = lab.compare_attack(dataset, lab.sample_image(entry), entry["label"], "pgd", models,
+                                eps=spec.paper_eps, steps=10, seed=len(entry["file"]))
+    for out in result.outcomes.values():
+        for fig in (viz.image_figure(out.image), viz.image_figure(out.adv_image),
+                    viz.perturbation_figure(out.perturbation, out.linf, out.l2),
+                    viz.topk_figure(out.clean_probs, out.adv_probs, spec.class_names, label=out.label)):
+            fig.to_json()
+    return time.perf_counter() - start
+
+
+def bench_attack(images: int) -> None:
+    torch.set_num_threads(1)
+    print(f"\n## One attack on one image, both models (PGD, 10 steps, paper eps), with figures; "
+          f"in-process, models loaded, 1 thread; {images} images per dataset")
+    print(f"{'dataset':<12} {'hybrid':<28} {'first (s)':>10} {'median (s)':>11} {'max (s)':>8}  "
+          f"target {TARGET_ATTACK_S} s")
+    for dataset in ("mnist", "organamnist", "cifar10"):
+        for mode in ("paper", "differentiable"):
+            try:
+                models = {"classical": lab.load(dataset, "classical"),
+                          f"hybrid-full ({mode})": lab.load(dataset, "hybrid-full", grad_mode=mode)}
+            except lab.zoo.ModelUnavailableError as err:
+                print(f"{dataset:<12} skipped: {err}")
+                break
+            table = lab.sample_table(dataset)
+            step = max(len(table) // images, 1)
+            times = [attack_with_figures(dataset, table[i * step], models) for i in range(images)]
+            verdict = "ok" if statistics.median(times) <= TARGET_ATTACK_S else "OVER"
+            label = f"hybrid-full ({mode})"
+            print(f"{dataset:<12} {label:<28} {times[0]:>10.3f} {statistics.median(times):>11.3f} "
+                  f"{max(times):>8.3f}  {verdict}")
+
+
+def bench_browser(clicks: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    print("\n## Server start to first page rendered (headless Chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**launch_options())
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        started = time.perf_counter()
+        with streamlit_server() as (url, _, healthy_after):
+            page.goto(url)
+            page.get_by_role("heading", name="Attack Lab").first.wait_for(timeout=300_000)
+            title_after = time.perf_counter() - started
+            page.get_by_text("FLIPPED").or_(page.get_by_text("HELD")).first.wait_for(timeout=300_000)
+            page.wait_for_function(SETTLED_JS, timeout=300_000, polling=50)
+            result_after = time.perf_counter() - started
+            print(f"server answering /_stcore/health: {healthy_after:6.2f} s")
+            print(f"Attack Lab title visible:         {title_after:6.2f} s")
+            print(f"first attack result drawn:        {result_after:6.2f} s   target {TARGET_FIRST_PAGE_S} s: "
+                  f"{'ok' if result_after <= TARGET_FIRST_PAGE_S else 'OVER'}")
+
+            print(f"\n## Moving the epsilon slider one step in the browser (a new PGD-10 on both models), "
+                  f"{clicks} clicks")
+            slider = page.locator('[data-testid="stSlider"] [role="slider"]').first
+            times = []
+            for _ in range(clicks):
+                slider.focus()
+                before = page.locator(".gtitle").all_inner_texts()
+                tick = time.perf_counter()
+                slider.press("ArrowLeft")
+                page.wait_for_function("() => document.querySelector('[data-testid=\"stApp\"]')"
+                                       ".getAttribute('data-test-script-state') === 'running'", timeout=60_000,
+                                       polling=20)
+                page.wait_for_function(SETTLED_JS, timeout=300_000, polling=20)
+                times.append(time.perf_counter() - tick)
+                assert page.locator(".gtitle").all_inner_texts() != before, "the figures were redrawn"
+            print(f"click to redrawn page: median {statistics.median(times):.3f} s, max {max(times):.3f} s "
+                  f"(target {TARGET_ATTACK_S} s: {'ok' if statistics.median(times) <= TARGET_ATTACK_S else 'OVER'})")
+        browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
+    args = parser.parse_args()
+    print(f"QShield app benchmark: torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, "
+          f"Chromium {CHROMIUM}")
+    if not args.no_browser:
+        bench_browser(args.clicks)
+    bench_attack(args.images)
+
+
+if __name__ == "__main__":
+    main()

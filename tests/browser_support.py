@@ -1,0 +1,117 @@
+"""Support for the browser tests: a real ``streamlit run app.py`` server and headless Chromium.
+
+Chromium is Debian's (``apt-get install chromium``, at ``/usr/bin/chromium``) driven by Playwright for
+Python (``pip install playwright``; Playwright's own browser download is never used). Both are
+optional locally: the tests that need them skip, saying what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("QSHIELD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--disable-dev-shm-usage"]
+SERVER_START_TIMEOUT = 180.0
+PAGE_TIMEOUT_MS = 420_000  # a cold page on a busy 2-core machine imports torch, PennyLane and loads models
+
+# The app's pages as st.navigation serves them: (url path, title shown on the page, screenshot name).
+PAGES = [
+    ("", "Attack Lab", "attack_lab"),
+    ("robustness_explorer", "Robustness Explorer", "robustness_explorer"),
+    ("quantum_circuit", "Quantum Circuit", "quantum_circuit"),
+    ("attacker_cost", "Attacker Cost", "attacker_cost"),
+    ("about", "About QShield", "about"),
+]
+
+
+def require_browser() -> None:
+    """Skip, naming what to install, when Playwright or Debian's Chromium is absent."""
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        pytest.skip("Playwright for Python is not installed (pip install playwright)")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set QSHIELD_CHROMIUM)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200 and response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+@contextmanager
+def streamlit_server(env: dict | None = None, log_path: Path | None = None):
+    """Start ``streamlit run app.py`` on a free port; yield (url, process, seconds until healthy)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        while not healthy(url):
+            if process.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {process.returncode} (log: {log_path})")
+            if time.perf_counter() - started > SERVER_START_TIMEOUT:
+                raise TimeoutError(f"streamlit did not answer on {url} within {SERVER_START_TIMEOUT:.0f} s")
+            time.sleep(0.2)
+        yield url, process, time.perf_counter() - started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if log_path:
+            log.close()
+
+
+def launch_options() -> dict:
+    return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """docs/screenshots when QSHIELD_SCREENSHOTS=1 (to refresh the README's pictures), else a temporary folder."""
+    if os.environ.get("QSHIELD_SCREENSHOTS") == "1":
+        target = REPO / "docs" / "screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+    return tmp_path
+
+
+# JavaScript run in the page: true once Streamlit has finished the script run and drawn the page.
+SETTLED_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-connection-state') !== 'CONNECTED') return false;
+  if (app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  return !document.querySelector('[data-testid="stAppSkeleton"]');
+}"""
+
+
+def wait_settled(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    """Wait until the page's script run has finished (the app shows no 'running' state)."""
+    page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=250)

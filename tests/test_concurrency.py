@@ -1,0 +1,124 @@
+"""Several people at once: 10 browser sessions on one server, and 10 threads on the shared models.
+
+The browser test opens 10 sessions at the same moment, each with its own dataset, image and
+epsilon (through the URL presets), and checks that every session gets its own results: the
+perturbation it shows has exactly its own epsilon and the true class is its own image's. A leak of
+one session's state into another (a shared widget value, a result cache keyed too coarsely, a
+model switched into another gradient mode) would show another session's numbers.
+
+The library test runs 10 attacks in threads on the same shared model instances, as the app's
+sessions do, and checks that each equals the same attack run alone, and that the shared models
+are unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from browser_support import PAGE_TIMEOUT_MS, SETTLED_JS, healthy, launch_options, require_browser, streamlit_server
+
+from qshield_core import lab, zoo
+from qshield_core.data import get_spec
+
+SESSIONS = 10
+DATASETS = ("mnist", "organamnist", "cifar10")
+
+
+def session_plan() -> list[dict]:
+    """Ten different presets: dataset, class, epsilon (in 1/255) and gradient mode."""
+    return [{"dataset": DATASETS[i % 3], "class": i % 10, "eps": i + 1,
+             "mode": "paper" if i % 2 == 0 else "differentiable"} for i in range(SESSIONS)]
+
+
+def require_models() -> None:
+    missing = [f"{d}-{m}" for d in DATASETS for m in ("classical", "hybrid-full")
+               if not zoo.model_files(d, m).weights.is_file()]
+    if missing:
+        pytest.skip(f"shipped models missing: {', '.join(missing)}")
+
+
+async def _one_session(browser, url: str, plan: dict) -> dict:
+    context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = await context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    query = f"dataset={plan['dataset']}&attack=pgd&class={plan['class']}&sample=0&eps={plan['eps']}&mode={plan['mode']}"
+    try:
+        await page.goto(f"{url}/?{query}", timeout=PAGE_TIMEOUT_MS)
+        await page.get_by_text(re.compile("FLIPPED|HELD")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        await page.wait_for_function(SETTLED_JS, timeout=PAGE_TIMEOUT_MS, polling=250)
+        return {
+            "plan": plan, "errors": errors,
+            "titles": " ".join(await page.locator(".gtitle").all_inner_texts()),
+            "body": await page.inner_text("body"),
+            "exceptions": await page.locator('[data-testid="stException"]').count(),
+            "headers": await page.locator('[data-testid="stHeadingWithActionElements"]').all_inner_texts(),
+        }
+    finally:
+        await context.close()
+
+
+async def _all_sessions(url: str) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(**launch_options())
+        try:
+            return await asyncio.gather(*(_one_session(browser, url, plan) for plan in session_plan()))
+        finally:
+            await browser.close()
+
+
+@pytest.mark.e2e
+def test_ten_simultaneous_browser_sessions_get_their_own_results(tmp_path):
+    require_browser()
+    require_models()
+    with streamlit_server(log_path=tmp_path / "streamlit.log") as (url, process, _):
+        results = asyncio.run(_all_sessions(url))
+        assert process.poll() is None, "the server survived"
+        assert healthy(url)
+    assert len(results) == SESSIONS
+    for result in results:
+        plan = result["plan"]
+        spec = get_spec(plan["dataset"])
+        who = f"session {plan}"
+        assert result["exceptions"] == 0 and not result["errors"], who
+        assert f"true class {spec.class_names[plan['class']]}" in result["body"], who
+        eps_shown = re.findall(r"\((\d+\.\d)/255\)", result["titles"])
+        assert eps_shown and set(eps_shown) == {f"{plan['eps']:.1f}"}, (who, eps_shown)
+        assert f"hybrid-full ({plan['mode']})" in " ".join(result["headers"]), who
+
+
+def test_threads_on_shared_models_match_isolated_runs():
+    """FGSM is deterministic: run concurrently on shared instances, each result equals its solo run."""
+    for m in ("classical", "hybrid-full"):
+        if not zoo.model_files("mnist", m).weights.is_file():
+            pytest.skip(f"mnist-{m} not shipped yet")
+    models = {"classical": lab.load("mnist", "classical"),
+              "hybrid": lab.load("mnist", "hybrid-full", grad_mode="differentiable")}
+    before = {k: {n: t.clone() for n, t in m.model.state_dict().items()} for k, m in models.items()}
+    table = lab.sample_table("mnist")
+    jobs = [(lab.sample_image(table[i * 7]), table[i * 7]["label"], (i + 1) / 255) for i in range(SESSIONS)]
+
+    def attack(job):
+        image, label, eps = job
+        return lab.compare_attack("mnist", image, label, "fgsm", models, eps=eps)
+
+    solo = [attack(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=SESSIONS) as pool:
+        together = list(pool.map(attack, jobs))
+    for alone, crowd, (_, _, eps) in zip(solo, together, jobs, strict=True):
+        for key in models:
+            a, b = alone.outcomes[key], crowd.outcomes[key]
+            assert torch.equal(torch.from_numpy(a.adv_image), torch.from_numpy(b.adv_image)), key
+            assert a.adv_pred == b.adv_pred and a.clean_pred == b.clean_pred
+            assert b.linf <= eps + 1e-6
+    for key, loaded in models.items():
+        after = loaded.model.state_dict()
+        assert all(torch.equal(before[key][n], after[n]) for n in after), f"{key} was modified"
+        assert not loaded.model.training

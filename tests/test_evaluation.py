@@ -1,0 +1,232 @@
+"""Evaluation: counted passes, metrics and intervals, projected circuit cost, resumable cells, tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import require_samples
+
+from qshield_core.evaluation import (
+    CountingModel,
+    attack_metrics,
+    balanced_indices,
+    evaluate_cell,
+    load_results,
+    plan_cells,
+    projected_circuit_executions,
+    render_markdown,
+    run_attack,
+    run_cells,
+    unpack_bits,
+    wilson_interval,
+)
+from qshield_core.models import build_model
+from qshield_core.zoo import save_model
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return build_model("mnist", "classical").eval()
+
+
+def own_labels(model, images):
+    with torch.no_grad():
+        return model(images).argmax(-1)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_counting_model_counts_forward_and_backward_samples(cnn):
+    counted = CountingModel(cnn)
+    x = torch.rand(5, 1, 28, 28, requires_grad=True)
+    with torch.no_grad():
+        counted(x[:2])
+    assert (counted.forward_samples, counted.backward_samples) == (2, 0)
+    out = counted(x)
+    torch.autograd.grad(out.sum(), x)
+    assert (counted.forward_samples, counted.backward_samples) == (7, 5)
+    counted(x)  # a forward that is never differentiated costs no backward pass
+    assert counted.backward_samples == 5
+
+
+@pytest.mark.parametrize(("attack", "kwargs", "forwards", "backwards"), [
+    ("fgsm", {}, 1, 1),
+    ("pgd", {"steps": 7}, 7, 7),
+    ("vmifgsm", {"steps": 3, "N": 4}, 3 * (1 + 4), 3 * (1 + 4)),
+    ("square", {"steps": 50}, None, 0),
+])
+def test_passes_per_image_are_exact(cnn, attack, kwargs, forwards, backwards):
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    out = run_attack(cnn, x, own_labels(cnn, x), attack, "mnist", eps=0.05, **kwargs)
+    if forwards is not None:
+        assert out.forwards_per_image == forwards
+    else:
+        assert 1 < out.forwards_per_image <= 50 + 3  # score-based: queries only, never a gradient
+    assert out.backwards_per_image == backwards
+    assert out.surrogate_forwards_per_image is None
+
+
+def test_deepfool_counts_one_backward_per_class_per_step(cnn):
+    x = torch.rand(1, 1, 28, 28)
+    out = run_attack(cnn, x, own_labels(cnn, x), "deepfool", "mnist", steps=1)
+    assert (out.forwards_per_image, out.backwards_per_image) == (1, 10)
+
+
+def test_run_attack_outcome_is_consistent(cnn):
+    torch.manual_seed(3)
+    x = torch.rand(6, 1, 28, 28)
+    y = own_labels(cnn, x)
+    out = run_attack(cnn, x, y, "pgd", "mnist", eps=0.1, seed=11)
+    assert out.clean_correct.all()
+    assert torch.equal(out.adv_pred, out.adv_probs.argmax(-1))
+    assert out.adv_probs.sum(-1).allclose(torch.ones(6), atol=1e-5)
+    assert out.seconds >= 0 and out.seconds_per_image == pytest.approx(out.seconds / 6)
+    assert out.params == {"eps": 0.1, "alpha": 2 / 255, "steps": 10, "random_start": True}
+    again = run_attack(cnn, x, y, "pgd", "mnist", eps=0.1, seed=11)
+    assert torch.equal(again.adv_images, out.adv_images)  # seeded: reproducible
+
+
+def test_paper_mode_evaluations_share_one_random_draw():
+    """An image the attack leaves unchanged keeps its prediction in the stochastic paper mode."""
+    torch.manual_seed(0)
+    hybrid = build_model("mnist", "hybrid-full", grad_mode="paper").eval()
+    x = torch.rand(6, 1, 28, 28)
+    out = run_attack(hybrid, x, torch.zeros(6, dtype=torch.long), "pgd", "mnist", eps=0.0)
+    assert torch.equal(out.adv_images, x)
+    assert torch.allclose(out.clean_probs, out.adv_probs)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_attack_metrics_on_hand_made_predictions():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    clean = torch.tensor([0, 1, 2, 3, 0])  # 4 of 5 correct
+    adv = torch.tensor([0, 9, 9, 3, 4])  # 2 of the 4 flipped; the wrong one "corrected" stays not robust
+    m = attack_metrics(labels, clean, adv)
+    assert m["clean_accuracy"] == 0.8 and m["robust_accuracy"] == 0.4 and m["asr"] == 0.5
+    assert (m["n_clean_correct"], m["n_fooled"], m["n_robust"]) == (4, 2, 2)
+    assert m["asr_ci"] == pytest.approx(list(wilson_interval(2, 4)))
+    assert m["robust_accuracy"] == pytest.approx(m["clean_accuracy"] * (1 - m["asr"]))
+    none_correct = attack_metrics(labels, labels + 1, labels)
+    assert none_correct["asr"] is None and none_correct["robust_accuracy"] == 0.0
+
+
+def test_projected_circuit_executions():
+    differentiable = projected_circuit_executions(10, 10, n_qubits=4, shots=1000)
+    assert differentiable["circuit_evaluations_per_image"] == 10 + 10 * 2 * 12
+    assert differentiable["shots_per_image"] == 250_000
+    paper = projected_circuit_executions(10, 10, n_qubits=4, shots=1000, gradient_through_circuit=False)
+    assert paper["circuit_evaluations_per_image"] == 10 and "no circuit runs per backward" in paper["assumptions"]
+    queries = projected_circuit_executions(500, 0, shots=100)
+    assert queries["shots_per_image"] == 500 * 100
+
+
+def test_balanced_indices():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)
+    idx = balanced_indices(labels, 30, 3, seed=1)
+    counts = torch.bincount(labels[idx], minlength=3).tolist()
+    assert counts[2] == 5 and counts[0] >= 10 and counts[1] >= 10  # the short class taken whole, the rest filled
+    assert len(set(idx)) == 30
+    assert idx == balanced_indices(labels, 30, 3, seed=1) and idx != balanced_indices(labels, 30, 3, seed=2)
+    even = balanced_indices(torch.arange(100) % 10, 20, 10, seed=0)
+    assert torch.bincount((torch.arange(100) % 10)[even]).tolist() == [2] * 10
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@pytest.fixture
+def model_dir(tmp_path, cnn):
+    save_model(cnn, {"dataset": "mnist", "model": "classical", "clean_test_accuracy": 0.1, "n_test": 10},
+               "mnist", "classical", tmp_path)
+    return tmp_path
+
+
+def test_evaluate_cell_record(model_dir):
+    require_samples()
+    record = evaluate_cell("mnist", "classical", "paper", "fgsm", 0.1, 20, seed=0, source="samples",
+                           model_dir=model_dir)
+    json.dumps(record)  # serialisable as it is
+    assert record["grad_mode"] is None and record["n"] == 20 and record["eps_255"] == pytest.approx(25.5)
+    assert record["params"] == {"eps": 0.1}
+    assert record["forwards_per_image"] == 1 and record["backwards_per_image"] == 1
+    assert record["projected_circuit_executions"] is None  # a CNN has no circuit
+    assert record["perturbation"]["linf_max"] <= 0.1 + 1e-6
+    assert record["model_card"]["weights_sha256"] and record["versions"]["torchattacks"] == "3.5.1"
+    assert record["points"]["source"].startswith("assets/samples")
+    adv_correct = unpack_bits(record["per_point"]["adv_correct"], 20)
+    assert adv_correct.sum() >= record["n_robust"]
+
+
+def test_clean_cell_reports_gradient_norm(model_dir):
+    require_samples()
+    record = evaluate_cell("mnist", "classical", None, "none", None, 10, source="samples", model_dir=model_dir)
+    assert "robust_accuracy" not in record and record["input_gradient_norm"] > 0
+
+
+def test_run_cells_is_resumable_and_limitable(tmp_path, model_dir):
+    require_samples()
+    out = tmp_path / "results.json"
+    cells = plan_cells(["mnist"], ["classical"], ["paper"], ["none", "fgsm"], [0.05, 0.1], n=10, source="samples")
+    assert [c.attack for c in cells] == ["none", "fgsm", "fgsm"] and cells[0].eps is None
+    first = run_cells(cells, out, limit=2, progress=False, log=None, model_dir=model_dir)
+    assert len(first.ran) == 2 and len(load_results(out)) == 2
+    second = run_cells(cells, out, progress=False, log=None, model_dir=model_dir)
+    assert second.ran == [cells[2].key] and len(second.skipped) == 2
+    assert [r["key"] for r in load_results(out)] == [c.key for c in cells]
+    shard = run_cells(cells, tmp_path / "shard.json", shard=(1, 2), progress=False, log=None, model_dir=model_dir)
+    assert shard.ran == [cells[1].key]
+
+
+def test_plan_cells_validates_and_filters():
+    cells = plan_cells(["mnist"], ["classical", "hybrid-full"], ["paper", "differentiable"], ["adaptive-suite"])
+    names = {(c.model, c.grad_mode, c.attack) for c in cells}
+    assert ("classical", None, "bpda") not in names and ("hybrid-full", "paper", "bpda") in names
+    assert ("hybrid-full", "differentiable", "eot-pgd") not in names
+    assert all(c.eps == pytest.approx(32 / 255) for c in cells)
+    with pytest.raises(ValueError, match="out of range"):
+        plan_cells(["cifar10"], ["classical"], [None], ["pgd"], [0.3])
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _record(model, attack, asr, dataset="mnist", eps=32 / 255, mode=None):
+    n, correct = 1000, 990
+    fooled = round(asr * correct)
+    ci = wilson_interval(fooled, correct)
+    return {"key": f"{dataset}/{model}/{mode or '-'}/{attack}/eps={eps:.6f}/steps=preset/n={n}/seed=0/fast/auto",
+            "dataset": dataset, "model": model, "grad_mode": mode, "attack": attack, "suite": "paper", "eps": eps,
+            "n": n, "clean_accuracy": 0.99, "clean_accuracy_ci": [0.98, 0.995], "robust_accuracy": 0.5,
+            "robust_accuracy_ci": [0.47, 0.53], "asr": fooled / correct, "asr_ci": list(ci), "n_clean_correct": correct,
+            "seconds_per_image": 0.001, "forwards_per_image": 10.0, "backwards_per_image": 10.0,
+            "points": {"indices_sha256": "x"}}
+
+
+def test_markdown_puts_the_paper_next_to_ours():
+    paper = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],
+             "attack_success_rate_percent": {"values": {"MNIST": [[1, 2], [47.29, 53.39], [23.76, 28.73]]}},
+             "attack_seconds": {"values": {"MNIST": [[1, 1], [3.0, 10.0], [66.0, 470.0]]}}}
+    records = [_record("classical", "pgd", 0.534), _record("hybrid-full", "pgd", 0.96, mode="paper"),
+               _record("classical", "fgsm", 0.47), _record("hybrid-full", "fgsm", 0.9, mode="paper")]
+    text = render_markdown(records, paper=paper)
+    assert "53.4 / **53.4**" in text  # agrees: the paper's figure inside our interval
+    assert "HQCNN" not in text and "hybrid-full" in text
+    assert "MNIST, hybrid-full, PGD: paper 28.7 %, ours 96.0 %" in text  # disagreement called out
+    assert "47x" in text  # the paper's hybrid/CNN attack time ratio for PGD
+    assert "## All cells" in text
