@@ -367,11 +367,12 @@ def load_samples(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
 def pil_to_tensor(img: Image.Image, spec: DatasetSpec) -> torch.Tensor:
     """Convert an image of the right size and mode to float32 (C, H, W) in [0, 1]."""
     mode = "L" if spec.channels == 1 else "RGB"
-    array = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[None]
+    if img.mode == "F":  # float greyscale in [0, 1] (see prepare_upload for 16-bit images)
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        array = grey if spec.channels == 1 else np.repeat(grey[..., None], 3, axis=-1)
     else:
-        array = array.transpose(2, 0, 1)
+        array = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -417,6 +418,9 @@ def prepare_upload(data: bytes, dataset: str) -> PreparedImage:
 
 def _conform(img: Image.Image, spec: DatasetSpec, fmt: str | None) -> PreparedImage:
     notes: list[str] = []
+    if img.mode.startswith("I"):  # 16-bit greyscale (e.g. medical PNGs): rescale to a float image
+        img = Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0, mode="F")
+        notes.append("Rescaled the 16-bit greyscale image to [0, 1].")
     if fmt not in ("PNG", "JPEG"):
         notes.append(f"Read a {fmt} image; PNG and JPEG are the supported formats.")
     is_colour = img.mode not in ("L", "1", "I", "I;16", "F", "LA")
@@ -427,5 +431,6 @@ def _conform(img: Image.Image, spec: DatasetSpec, fmt: str | None) -> PreparedIm
     size = (spec.image_size, spec.image_size)
     if img.size != size:
         notes.append(f"Resized from {img.size[0]}x{img.size[1]} to {size[0]}x{size[1]} pixels.")
-        img = img.convert("RGB" if is_colour else "L").resize(size, Image.Resampling.BILINEAR)
+        img = img if img.mode == "F" else img.convert("RGB" if is_colour else "L")
+        img = img.resize(size, Image.Resampling.BILINEAR)
     return PreparedImage(pil_to_tensor(img, spec), notes)

@@ -851,12 +851,12 @@ def _section_cost(records: list[dict], paper: dict | None) -> str:
                 f"{hyb['seconds_per_image'] / max(cnn['seconds_per_image'], 1e-12):.2f}x",
                 f"{cnn['forwards_per_image']:.1f} / {cnn['backwards_per_image']:.1f}",
                 f"{hyb['forwards_per_image']:.1f} / {hyb['backwards_per_image']:.1f}",
-                f"{proj.get('circuit_evaluations_per_image', float('nan')):.3g}",
+                "-" if "circuit_evaluations_per_image" not in proj else f"{proj['circuit_evaluations_per_image']:.3g}",
                 "-" if not (p_cnn and p_hyb) else f"{p_hyb / p_cnn:.0f}x",
             ])
     if not rows:
         return ""
-    header = ["dataset", "attack", "CNN ms/img", "HQCNN-Full ms/img", "ours hybrid/CNN", "CNN fwd / bwd per img",
+    header = ["dataset", "attack", "CNN ms/img", "hybrid-full ms/img", "ours hybrid/CNN", "CNN fwd / bwd per img",
               "hybrid fwd / bwd per img", "hybrid circuit runs per img (x shots)", "paper hybrid/CNN"]
     return ("## Attacker cost (paper protocol, hybrid-full in paper mode)\n\nWall time of the attack per image on "
             "this machine, and forward/backward passes per image counted through the model. Circuit runs: each "

@@ -79,7 +79,8 @@ ARCHITECTURES = {
 }
 
 
-def build_classifier(dataset: str, architecture: str | None = None, widths: tuple[int, ...] | None = None) -> nn.Sequential:
+def build_classifier(dataset: str, architecture: str | None = None,
+                     widths: tuple[int, ...] | None = None) -> nn.Sequential:
     """The classical CNN for ``dataset``: ``Normalize`` then the network, logits out."""
     spec = get_spec(dataset)
     default_arch, kwargs = ARCHITECTURES[spec.name]
@@ -202,7 +203,7 @@ class QShieldHybrid(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not paper):
             angles = self.encoder(features, random_projection=paper)
             basis = self.quantum(angles)
-        class_probs = basis[..., : self.num_classes].float()
+        class_probs = basis[..., : self.num_classes].to(cnn_logits.dtype)
         class_probs = class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)
         return angles, basis, class_probs
 

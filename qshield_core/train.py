@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSplit, data_checksum, get_spec, load_split
 from .models import QShieldHybrid, build_model, count_parameters
-from .zoo import PRETRAINED_DIR, load_weights_into, read_card, save_model
+from .zoo import load_weights_into, read_card, save_model
 
 CHECKPOINT_DIR = Path("checkpoints")
 
@@ -287,10 +287,3 @@ def _architecture_name(model: nn.Module, dataset: str) -> str:
         return f"{base} -> {c.n_qubits}-qubit {c.encoding}-angle circuit ({c.entanglement}) -> dynamic fusion"
     return base
 
-
-def load_card_seconds(dataset: str, model: str) -> float:
-    """train_seconds of a shipped model (0 when absent)."""
-    try:
-        return float(read_card(dataset, model, PRETRAINED_DIR)["train_seconds"])
-    except Exception:  # noqa: BLE001 - a missing card simply counts as 0
-        return 0.0

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -50,7 +49,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(model: nn.Module, card: dict, dataset: str, model_name: str, directory: Path | None = None) -> ModelFiles:
+def save_model(model: nn.Module, card: dict, dataset: str, model_name: str,
+               directory: Path | None = None) -> ModelFiles:
     """Write the weights and the card (with the weights' SHA-256) side by side."""
     files = model_files(dataset, model_name, directory)
     files.weights.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,3 @@ def load_weights_into(model: nn.Module, dataset: str, model_name: str, directory
     target.load_state_dict(source.state_dict(), strict=True)
     return card
 
-
-def freeze_rng_free_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of the state dict (for checkpoints)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -108,10 +108,28 @@ SETTLED_JS = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app || app.getAttribute('data-test-connection-state') !== 'CONNECTED') return false;
   if (app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  return !document.querySelector('[data-testid="stAppSkeleton"]');
+  if (document.querySelector('[data-testid="stAppSkeleton"], [data-testid="stSkeleton"], '
+                             + '[data-testid="stSkeletonElement"]')) return false;
+  const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+  return charts.every((chart) => chart.querySelector('svg.main-svg'));
 }"""
 
 
 def wait_settled(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
     """Wait until the page's script run has finished (the app shows no 'running' state)."""
     page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=250)
+
+
+def full_screenshot(page, path: Path) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main block, not the document, so the
+    viewport is first made as tall as that block's content."""
+    height = page.evaluate("""() => {
+      const main = document.querySelector('[data-testid="stMain"]') || document.body;
+      const sidebar = document.querySelector('[data-testid="stSidebarContent"]');
+      return Math.max(main.scrollHeight, sidebar ? sidebar.scrollHeight : 0, window.innerHeight);
+    }""")
+    width = page.viewport_size["width"] if page.viewport_size else 1440
+    page.set_viewport_size({"width": width, "height": min(int(height) + 40, 12000)})
+    page.wait_for_timeout(800)
+    wait_settled(page)
+    page.screenshot(path=str(path), full_page=True)

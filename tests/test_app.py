@@ -119,6 +119,18 @@ def test_every_page_renders_without_exception(page):
     assert at.selectbox(key="qs_dataset").value == "mnist"
 
 
+@pytest.mark.parametrize("dataset", ["organamnist", "cifar10"])
+def test_every_page_works_for_the_other_datasets(dataset):
+    require_models(dataset, "classical", "hybrid-full")
+    at = run_app(dataset=dataset)
+    no_exceptions(at)
+    assert set(badges(at)) == {"classical", "hybrid-full (paper)"}
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        no_exceptions(at)
+        assert at.selectbox(key="qs_dataset").value == dataset, f"{page} kept the session's dataset"
+
+
 # ----------------------------------------------------------------------------- Attack Lab
 
 

@@ -15,6 +15,7 @@ import pytest
 from browser_support import (
     PAGE_TIMEOUT_MS,
     PAGES,
+    full_screenshot,
     launch_options,
     require_browser,
     screenshot_dir,
@@ -83,7 +84,7 @@ def test_page_renders_without_exception(server, browser, tmp_path, path, title, 
         assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
             '[data-testid="stException"]').first.inner_text()
         assert not errors, errors
-        page.screenshot(path=str(screenshot_dir(tmp_path) / f"{name}.png"), full_page=True)
+        full_screenshot(page, screenshot_dir(tmp_path) / f"{name}.png")
     finally:
         page.close()
 
