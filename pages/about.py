@@ -105,3 +105,8 @@ else:
 st.subheader("Reproduce every number")
 st.markdown("Every figure in this app is read from a file that one of these commands writes:")
 st.code(lab.REPRODUCE_COMMANDS, language="bash")
+records, _ = lab.load_results()
+commands = lab.recorded_commands(records)
+if commands:
+    with st.expander(f"The {len(commands)} commands recorded in the committed results files"):
+        st.code("\n".join(commands), language="bash")

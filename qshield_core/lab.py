@@ -7,15 +7,16 @@ only has to lay out:
 - :func:`compare_attack`: one image, one attack, several models side by side (Attack Lab).
 - :func:`quantum_view`, :func:`noise_sweep`: what the circuit does with one image (Quantum Circuit).
 - :func:`sweep`: a fresh epsilon sweep on N shipped images, with progress and cancellation
-  (Robustness Explorer), and :func:`load_results` / :func:`cost_table` for the committed results.
+  (Robustness Explorer, Attacker Cost);
+- :func:`load_results`, :func:`records_frame`, :func:`cost_frame` and :func:`adaptive_summary`
+  for the committed results (``results/*.json``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,6 @@ from .noise import NoiseModel
 from .quantum import CircuitConfig, QuantumCircuitLayer
 
 RESULTS_DIR = REPO_ROOT / "results"
-PAPER_RESULTS = REPO_ROOT.parent / "shared" / "paper" / "qshield-paper-results.json"
 
 
 # --------------------------------------------------------------------------- models
@@ -190,37 +190,6 @@ def result_files(directory: Path | None = None) -> list[Path]:
     """The JSON result files under ``results/`` (sorted)."""
     directory = Path(directory or RESULTS_DIR)
     return sorted(directory.glob("*.json")) if directory.is_dir() else []
-
-
-def read_records(path: Path) -> list[dict]:
-    """The records of one results file (a list, or a dict holding ``records``)."""
-    data = json.loads(Path(path).read_text())
-    records = data.get("records", []) if isinstance(data, dict) else data
-    return [dict(r, source_file=Path(path).name) for r in records if isinstance(r, dict)]
-
-
-def paper_results() -> dict | None:
-    """The paper's published figures (``../shared/paper/qshield-paper-results.json``), if present."""
-    return json.loads(PAPER_RESULTS.read_text()) if PAPER_RESULTS.is_file() else None
-
-
-@dataclass
-class Notice:
-    """Something a page should tell the user (a budget cap, a conversion, a caveat)."""
-
-    level: str
-    text: str
-
-
-@dataclass
-class Sweep:
-    """A fresh sweep's records, ready for :func:`records_frame`."""
-
-    records: list[dict] = field(default_factory=list)
-    cancelled: bool = False
-
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 _DRAW_LOCK = threading.Lock()
@@ -407,6 +376,14 @@ class ModelAttack:
 
 
 @dataclass
+class Notice:
+    """Something a page should tell the user (a budget cap, a conversion, a caveat)."""
+
+    level: str
+    text: str
+
+
+@dataclass
 class Comparison:
     """The Attack Lab's result: one :class:`ModelAttack` per model, and what the page should say."""
 
@@ -493,6 +470,15 @@ def compare_attack(dataset: str, image: torch.Tensor, label: int | None, attack:
 
 
 # --------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class Sweep:
+    """A fresh sweep's records, ready for :func:`records_frame`."""
+
+    records: list[dict] = field(default_factory=list)
+    cancelled: bool = False
+
 
 
 def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str], eps_values: Sequence[float], n: int,
@@ -747,19 +733,15 @@ def _interval_text(ci: Sequence[float] | None) -> str:
 
 
 REPRODUCE_COMMANDS = """\
-# 1. set up (creates .venv) and run the tests
-make test
-# 2. retrain every shipped model from scratch (pretrained/*.safetensors + *.json cards)
-bash scripts/train_all.sh
-# 3. the paper's protocol: 8 attacks x 5 models x 3 datasets, at the paper's epsilon
-python -m qshield_core evaluate --dataset mnist --model classical hybrid-none hybrid-linear hybrid-star hybrid-full \\
-    --attack paper-suite --n 1000 --json results/paper-reproduction.json
-# 4. the adaptive attacks (BPDA, EOT, AutoAttack, transfer, Square-5000)
-python -m qshield_core evaluate --dataset mnist --model hybrid-full --grad-mode paper differentiable \\
-    --attack adaptive-suite --n 1000 --json results/adaptive.json
-# 5. the app's benchmark (server start to first page, one PGD-10 attack on both models)
-python bench/bench_app.py
-# (repeat 3 and 4 for organamnist and cifar10; `make results` runs them all, resumably)
+make test                                  # set up .venv, lint, run every test (browser tests included)
+bash scripts/train_all.sh                  # retrain every shipped model: pretrained/*.safetensors + *.json cards
+python -m qshield_core info                # the shipped models and their model-card figures
+bash scripts/run_results.sh                # results/paper-reproduction.json, adaptive.json, sanity.json + tables
+                                           # (resumable; STAGES, DATASETS, N, ... limit it: see the script)
+python -m qshield_core evaluate --dataset mnist --model classical hybrid-full --attack pgd \\
+    --eps 8/255 32/255 --n 1000 --json results/my-cells.json       # any single cell or sweep
+python -m qshield_core table results/*.json   # Markdown tables of any results files
+python bench/bench_app.py                  # this app's responsiveness (first page, one attack)
 """
 
 
