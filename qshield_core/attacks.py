@@ -2,8 +2,9 @@
 
 All attacks come from torchattacks 3.5.1 (inputs in [0, 1], a model returning logits); this
 module only chooses their parameters, composes them (restarts, AutoAttack's ensemble) and adds
-the two things torchattacks lacks: the binary search over C&W's constant ``c`` that the paper's
-ART attack used, and BPDA through a differentiable twin.
+the two things torchattacks lacks: C&W-L2 as the paper ran it (ART's line search and binary search
+over ``c``; torchattacks' Adam-based ``CW`` is far weaker at the paper's settings), and BPDA
+through a differentiable twin.
 
 Two sets:
 
@@ -88,63 +89,157 @@ class AttackSpec:
 # --------------------------------------------------------------------------- composites
 
 
-class BinarySearchCW(torchattacks.CW):
-    """C&W-L2 with ART's binary search over the constant ``c`` (per sample).
+class CarliniWagnerL2(Attack):
+    r"""
+    C&W-L2 as ART's ``CarliniL2Method`` runs it, which is the C&W attack of the paper.
+    [https://arxiv.org/abs/1608.04644] (ART 1.x, ``art/attacks/evasion/carlini.py``)
 
-    torchattacks' CW optimises one fixed ``c`` with Adam; ART's ``CarliniL2Method`` (used by
-    the paper) repeats the optimisation ``binary_search_steps`` times, each from the clean image,
-    and moves each sample's ``c``: halfway down towards its lower bound after a success, doubled
-    after a failure until the first success, then halfway up. The best (smallest-L2) successful
-    example over all steps is kept. The inner optimisation is torchattacks' (Adam, its early
-    stop), not ART's gradient descent with line search (``max_halving``/``max_doubling``).
+    Distance Measure : L2 (minimal-norm; no eps bound)
+
+    torchattacks' ``CW`` optimises one fixed ``c`` with Adam: with the paper's lr 0.05 and 5
+    iterations it barely moves an image (1.5 % ASR on the shipped MNIST CNN, against the paper's
+    89.8 %). ART instead takes plain gradient steps in tanh space with a line search (the step is
+    halved until the loss drops, then doubled while it keeps dropping, at most ``max_halving`` and
+    ``max_doubling`` times), restarts from the clean image at each of ``binary_search_steps``
+    values of ``c``, and moves each sample's ``c``: halfway down towards its lower bound after a
+    success, doubled after failures until the first success, then raised halfway. The smallest-L2
+    successful example is kept; unsuccessful samples are returned unchanged. Differences from ART:
+    one backward pass of the margin per gradient (ART differentiates the two logits separately), and
+    the lower bound after a failure is the constant *before* the update (ART's array aliasing makes
+    it the constant after).
 
     Arguments:
         model (nn.Module): model to attack (logits out).
-        initial_const (float): first ``c`` of every sample. (Default: 0.01)
-        binary_search_steps (int): number of optimisations. (Default: 10)
-        kappa (float): confidence. (Default: 0)
-        steps (int): Adam steps per optimisation (ART's ``max_iter``). (Default: 5)
-        lr (float): Adam learning rate. (Default: 0.05)
+        confidence (float): margin kappa. (Default: 0)
+        learning_rate (float): initial step of the line search. (Default: 0.05)
+        binary_search_steps (int): number of values of ``c`` tried. (Default: 10)
+        max_iter (int): gradient steps per value of ``c``. (Default: 5)
+        initial_const (float): first ``c``. (Default: 0.01)
+        max_halving (int), max_doubling (int): line-search limits. (Default: 5, 5)
+
+    Shape:
+        - images: (N, C, H, W) in [0, 1]; labels: (N); output: (N, C, H, W).
+
+    Examples::
+        >>> attack = CarliniWagnerL2(model, learning_rate=0.05, binary_search_steps=10, max_iter=5)
+        >>> adv_images = attack(images, labels)
     """
 
-    def __init__(self, model: nn.Module, initial_const: float = 0.01, binary_search_steps: int = 10,
-                 kappa: float = 0.0, steps: int = 5, lr: float = 0.05) -> None:
-        super().__init__(model, c=1.0, kappa=kappa, steps=steps, lr=lr)
-        self.attack = "BinarySearchCW"
-        self.initial_const = initial_const
-        self.binary_search_steps = binary_search_steps
-        self._const: torch.Tensor | None = None
+    C_UPPER = 1e10
+    SMOOTHER = 0.999999
 
-    def f(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The margin loss of C&W, weighted by each sample's current ``c``."""
-        margin = super().f(outputs, labels)
-        return margin if self._const is None else margin * self._const
+    def __init__(self, model: nn.Module, confidence: float = 0.0, learning_rate: float = 0.05,
+                 binary_search_steps: int = 10, max_iter: int = 5, initial_const: float = 0.01, max_halving: int = 5,
+                 max_doubling: int = 5) -> None:
+        super().__init__("CarliniWagnerL2", model)
+        self.confidence = confidence
+        self.learning_rate = learning_rate
+        self.binary_search_steps = binary_search_steps
+        self.max_iter = max_iter
+        self.initial_const = initial_const
+        self.max_halving = max_halving
+        self.max_doubling = max_doubling
+        self.supported_mode = ["default"]
+
+    @staticmethod
+    def _to_image(w: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(w) + 1) / 2
+
+    def _margin(self, logits: torch.Tensor, labels: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit of the true class minus the largest other logit (or the logit of ``other``)."""
+        if other is None:
+            other = logits.scatter(1, labels[:, None], float("-inf")).argmax(1)
+        return logits.gather(1, labels[:, None]).squeeze(1) - logits.gather(1, other[:, None]).squeeze(1)
+
+    @torch.no_grad()
+    def _loss(self, x, adv, y, c):
+        """(logits, squared L2 distance, C&W loss) at ``adv``."""
+        logits = self.get_logits(adv)
+        l2 = (adv - x).flatten(1).pow(2).sum(1)
+        return logits, l2, c * (self._margin(logits, y) + self.confidence).clamp_min(0) + l2
+
+    def _descent(self, x, w, y, c, logits):
+        """Minus the loss gradient in tanh space, as ART computes it (the margin term always included)."""
+        other = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+        adv = self._to_image(w).requires_grad_(True)
+        with torch.enable_grad():
+            margin = self._margin(self.get_logits(adv), y, other)
+            (grad,) = torch.autograd.grad(margin.sum(), adv)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        grad = c.view(shape) * grad + 2 * (adv.detach() - x)
+        return -grad * (1 - torch.tanh(w).pow(2)) / (2 * self.SMOOTHER)
+
+    def _line_search(self, x, w, y, c, loss, lr, direction):
+        """ART's halving-then-doubling search; returns (best step per sample, updated lr)."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        prev, current = loss.clone(), loss.clone()
+        best_loss, best_lr = loss.clone(), torch.zeros_like(lr)
+        halving = torch.zeros_like(lr)
+
+        def try_step(j):
+            _, _, current[j] = self._loss(x[j], self._to_image(w[j] + lr[j].view(shape) * direction[j]), y[j], c[j])
+            better = current < best_loss
+            best_lr[better], best_loss[better] = lr[better], current[better]
+
+        for _ in range(self.max_halving):
+            j = (current >= prev).nonzero().squeeze(1)
+            if j.numel() == 0:
+                break
+            try_step(j)
+            lr[j] /= 2
+            halving[j] += 1
+        lr = lr * 2
+        for _ in range(self.max_doubling):
+            j = ((halving == 1) & (current <= best_loss)).nonzero().squeeze(1)
+            if j.numel() == 0:
+                break
+            lr[j] *= 2
+            try_step(j)
+        lr[halving == 1] /= 2
+        return best_lr, lr
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.clone().detach().to(self.device)
-        labels = labels.clone().detach().to(self.device)
-        n = images.shape[0]
-        const = torch.full((n,), float(self.initial_const), device=images.device)
-        lower = torch.zeros(n, device=images.device)
-        doubling = torch.ones(n, dtype=torch.bool, device=images.device)
-        best = images.clone()
-        best_l2 = torch.full((n,), float("inf"), device=images.device)
+        x = images.clone().detach().to(self.device)
+        y = labels.clone().detach().to(self.device)
+        n, shape = x.shape[0], (-1,) + (1,) * (x.dim() - 1)
+        w_clean = torch.atanh((x * 2 - 1) * self.SMOOTHER)
+        c = torch.full((n,), float(self.initial_const), device=x.device)
+        lower = torch.zeros_like(c)
+        doubling = torch.ones(n, dtype=torch.bool, device=x.device)
+        best, best_l2 = x.clone(), torch.full_like(c, float("inf"))
         for _ in range(self.binary_search_steps):
-            self._const = const
-            try:
-                adv = super().forward(images, labels)
-            finally:
-                self._const = None
-            l2 = (adv - images).flatten(1).pow(2).sum(1)
-            success = (adv != images).flatten(1).any(1)
+            if not bool((c < self.C_UPPER).any()):
+                break
+            lr = torch.full_like(c, float(self.learning_rate))
+            w, adv = w_clean.clone(), x.clone()
+            logits, l2, loss = self._loss(x, adv, y, c)
+            success = loss - l2 <= 0
+            reached = success.clone()
+            for _ in range(self.max_iter):
+                improved = success & (l2 < best_l2)
+                best[improved], best_l2[improved] = adv[improved], l2[improved]
+                idx = ((c < self.C_UPPER) & (lr > 0)).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                direction = self._descent(x[idx], w[idx], y[idx], c[idx], logits[idx])
+                step, lr[idx] = self._line_search(x[idx], w[idx], y[idx], c[idx], loss[idx], lr[idx].clone(),
+                                                  direction)
+                moved = step > 0
+                k = idx[moved]
+                if k.numel():
+                    w[k] = w[k] + step[moved].view(shape) * direction[moved]
+                    adv[k] = self._to_image(w[k])
+                    logits[k], l2[k], loss[k] = self._loss(x[k], adv[k], y[k], c[k])
+                    success = loss - l2 <= 0
+                    reached |= success
             improved = success & (l2 < best_l2)
             best[improved], best_l2[improved] = adv[improved], l2[improved]
-            doubling &= ~success
-            old = const.clone()
-            const = torch.where(success, (lower + const) / 2, const)
-            const = torch.where(~success & doubling, const * 2, const)
-            const = torch.where(~success & ~doubling, const + (const - lower) / 2, const)
-            lower = torch.where(~success, old, lower)
+            doubling &= ~reached
+            old = c.clone()
+            c = torch.where(reached, (lower + c) / 2, c)
+            c = torch.where(~reached & doubling, c * 2, c)
+            c = torch.where(~reached & ~doubling, c + (c - lower) / 2, c)
+            lower = torch.where(reached, lower, old)
         return best
 
 
@@ -248,8 +343,10 @@ def _build_vmifgsm(model, p, n_classes, surrogate):
 
 
 def _build_cw(model, p, n_classes, surrogate):
-    return BinarySearchCW(model, initial_const=p["initial_const"], binary_search_steps=p["binary_search_steps"],
-                          kappa=p["kappa"], steps=p["steps"], lr=p["lr"])
+    return CarliniWagnerL2(model, confidence=p["confidence"], learning_rate=p["learning_rate"],
+                           binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
+                           initial_const=p["initial_const"], max_halving=p["max_halving"],
+                           max_doubling=p["max_doubling"])
 
 
 def _build_deepfool(model, p, n_classes, surrogate):
@@ -292,8 +389,8 @@ def _build_transfer(model, p, n_classes, surrogate):
 
 def _cw_preset(dataset: str, eps: float) -> dict:
     # ART CarliniL2Method as the paper ran it; binary search 10 steps on MNIST, 8 on the others.
-    return dict(initial_const=0.01, binary_search_steps=10 if dataset == "mnist" else 8, kappa=0.0, steps=5,
-                lr=0.05)
+    return dict(confidence=0.0, learning_rate=0.05, binary_search_steps=10 if dataset == "mnist" else 8, max_iter=5,
+                initial_const=0.01, max_halving=5, max_doubling=5)
 
 
 def _pgd_preset(eps: float, steps: int, restarts: int) -> dict:
@@ -329,9 +426,10 @@ _SPECS = [
                lambda d, eps: dict(eps=eps, alpha=PAPER_ALPHA, steps=10, decay=1.0, N=5, beta=1.5), _build_vmifgsm,
                steps_param="steps", paper_column="VMIFGSM"),
     AttackSpec("cw", "C&W-L2", "L2", "white-box gradient", False, True, "Carlini & Wagner 2017, arXiv 1608.04644",
-               "Minimal-L2 attack (no eps bound): 5 Adam steps of lr 0.05 per binary-search step over c "
-               "(10 on MNIST, 8 otherwise) from c = 0.01; the paper used ART (gradient descent with line search).",
-               "paper", _cw_preset, _build_cw, steps_param="steps", paper_column="C&W"),
+               "Minimal-L2 attack (no eps bound), as ART runs it for the paper: 5 gradient steps with a line search "
+               "(from lr 0.05, halving/doubling up to 5 times) per value of c, binary search over c (10 values on "
+               "MNIST, 8 otherwise) from c = 0.01.",
+               "paper", _cw_preset, _build_cw, steps_param="max_iter", paper_column="C&W"),
     AttackSpec("deepfool", "DeepFool", "L2", "white-box gradient (full Jacobian)", False, True,
                "Moosavi-Dezfooli et al. 2016, arXiv 1511.04599",
                "Minimal-L2 attack (no eps bound): up to 50 linearisation steps, overshoot 0.05.", "paper",

@@ -85,7 +85,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--shots", type=int, default=1000, help="shots per circuit estimate, for the projected cost")
     p.add_argument("--all-attacks", action="store_true",
                    help="also run suite members that do not apply to a model (e.g. EOT on a deterministic one)")
-    p.add_argument("--limit", type=int, help="run at most this many new cells")
+    p.add_argument("--limit", type=int, help="run at most this many cells")
+    p.add_argument("--replace", action="store_true",
+                   help="recompute the cells even if they are in --json, replacing their records")
     p.add_argument("--shard", type=parse_shard, help="i/k: run only every k-th cell from the i-th")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,7 +108,8 @@ def _cmd_evaluate(args) -> int:
                        only_applicable=not args.all_attacks)
     if not cells:
         raise ValueError("No cell to run: none of the attacks applies to these models (see --all-attacks).")
-    summary = run_cells(cells, args.json, limit=args.limit, shard=args.shard, progress=not args.quiet,
+    summary = run_cells(cells, args.json, limit=args.limit, shard=args.shard, replace=args.replace,
+                        progress=not args.quiet,
                         data_root=args.data_root, model_dir=args.model_dir, batch_size=args.batch_size,
                         shots=args.shots, command=command_line())
     print(f"{len(summary.ran)} cell(s) run, {len(summary.skipped)} already in {args.json}.")

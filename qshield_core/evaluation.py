@@ -601,12 +601,15 @@ class RunSummary:
 
 
 def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int | None = None,
-              shard: tuple[int, int] | None = None, progress: bool = True, log=print, **cell_kwargs) -> RunSummary:
+              shard: tuple[int, int] | None = None, replace: bool = False, progress: bool = True, log=print,
+              **cell_kwargs) -> RunSummary:
     """Evaluate cells and append their records to ``out_path``, resumably.
 
-    Cells whose key is already in the file are skipped; the file is rewritten after every cell.
-    ``shard=(i, k)`` keeps every k-th cell starting at i (to spread a grid over machines: give
-    each shard its own file and merge them with ``table``); ``limit`` caps the new cells run.
+    Cells whose key is already in the file are skipped (``replace=True`` recomputes them and
+    replaces their records in place, e.g. after a preset changed); the file is rewritten after
+    every cell. ``shard=(i, k)`` keeps every k-th cell starting at i (to spread a grid over
+    machines: give each shard its own file and merge them with ``table``); ``limit`` caps the
+    cells run.
     """
     cells = list(cells)
     if shard is not None:
@@ -617,15 +620,21 @@ def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int 
     records = load_results(out_path)
     done = {r.get("key") for r in records}
     summary = RunSummary(records=records)
-    todo = [c for c in cells if c.key not in done]
-    summary.skipped = [c.key for c in cells if c.key in done]
+    todo = cells if replace else [c for c in cells if c.key not in done]
+    summary.skipped = [] if replace else [c.key for c in cells if c.key in done]
     if limit is not None:
         todo = todo[: max(limit, 0)]
     for cell in tqdm(todo, desc="cells", disable=not progress):
         record = evaluate_cell(cell.dataset, cell.model, cell.grad_mode, cell.attack, cell.eps, cell.n, cell.seed,
                                steps=cell.steps, backend=cell.backend, source=cell.source, progress=progress,
                                **cell_kwargs)
-        records.append(record)
+        records = load_results(out_path)  # another process may have added cells to the file meanwhile
+        at = next((i for i, r in enumerate(records) if r.get("key") == cell.key), None)
+        if at is None:
+            records.append(record)
+        else:
+            records[at] = record
+        summary.records = records
         save_results(out_path, records)
         summary.ran.append(cell.key)
         if log is not None:
@@ -776,16 +785,24 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
     return text
 
 
-def _union_robust(records: list[dict]) -> float | None:
-    """Per-point worst case over attacks: robust only if correct under every attack (same points)."""
-    usable = [r for r in records if "adv_correct" in (r.get("per_point") or {})]
-    if not usable or len({r["points"]["indices_sha256"] for r in usable}) != 1:
+def _union_robust(records: list[dict]) -> tuple[float, int, int] | None:
+    """Per-point worst case over attacks: a point is robust only if it survives every attack run on it.
+
+    Only records on the same points can be combined: the set of points with the most attacks is
+    used. Returns (robust accuracy, number of attacks, n) or None.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if "adv_correct" in (r.get("per_point") or {}):
+            groups.setdefault(r["points"]["indices_sha256"], []).append(r)
+    if not groups:
         return None
+    usable = max(groups.values(), key=lambda rs: (len(rs), rs[0]["n"]))
     n = usable[0]["n"]
     robust = np.ones(n, dtype=bool)
     for r in usable:
         robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
-    return float(robust.mean())
+    return float(robust.mean()), len(usable), n
 
 
 def _autoattack_robust(records: list[dict], eps: float) -> str:
@@ -823,7 +840,7 @@ def _section_adaptive(records: list[dict]) -> str:
             "-" if strongest is None
             else f"**{_pct(strongest['asr'])}** {_ci(strongest['asr_ci'])} ({strongest['attack']})",
             _autoattack_robust(mine, spec.paper_eps), _autoattack_robust(mine, spec.common_eps),
-            "-" if union is None else _pct(union),
+            "-" if union is None else f"{_pct(union[0])} ({union[1]} attacks, n = {union[2]})",
         ])
     header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
               "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",

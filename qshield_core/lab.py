@@ -183,15 +183,6 @@ def noise_sweep(config: CircuitConfig, angles: np.ndarray, kind: str, strengths:
                      for p in strengths])
 
 
-# --------------------------------------------------------------------------- committed results
-
-
-def result_files(directory: Path | None = None) -> list[Path]:
-    """The JSON result files under ``results/`` (sorted)."""
-    directory = Path(directory or RESULTS_DIR)
-    return sorted(directory.glob("*.json")) if directory.is_dir() else []
-
-
 _DRAW_LOCK = threading.Lock()
 
 
@@ -549,6 +540,12 @@ def _sweep_record(dataset: str, loaded: LoadedModel, attack: str, eps: float | N
 
 
 # --------------------------------------------------------------------------- result frames
+
+
+def result_files(directory: Path | None = None) -> list[Path]:
+    """The JSON result files under ``results/`` (sorted)."""
+    directory = Path(directory or RESULTS_DIR)
+    return sorted(directory.glob("*.json")) if directory.is_dir() else []
 
 
 def load_results(directory: Path | None = None) -> tuple[list[dict], list[str]]:

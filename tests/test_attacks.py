@@ -72,7 +72,8 @@ def test_paper_presets_match_the_appendix(dataset, eps255, cw_search):
     assert attack_params("vmifgsm", dataset) == {"eps": eps, "alpha": 2 / 255, "steps": 10, "decay": 1.0, "N": 5,
                                                  "beta": 1.5}
     cw = attack_params("cw", dataset)
-    assert (cw["binary_search_steps"], cw["steps"], cw["lr"], cw["initial_const"]) == (cw_search, 5, 0.05, 0.01)
+    assert cw == {"confidence": 0.0, "learning_rate": 0.05, "binary_search_steps": cw_search, "max_iter": 5,
+                  "initial_const": 0.01, "max_halving": 5, "max_doubling": 5}
     assert attack_params("deepfool", dataset) == {"steps": 50, "overshoot": 0.05}
     assert attack_params("onepixel", dataset)["pixels"] == 1 and attack_params("onepixel", dataset)["popsize"] == 10
     square = attack_params("square", dataset)
@@ -130,17 +131,35 @@ def test_every_attack_stays_within_its_bound(models, name, which):
     assert out.clean_probs.sum(-1).allclose(torch.ones(3), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "square"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "square", "cw", "deepfool"])
 def test_an_attack_really_attacks(name):
     """A random linear classifier on noise images has margins far below what eps = 0.1 can move."""
     torch.manual_seed(2)
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
     images = torch.rand(8, 1, 28, 28)
     labels = own_labels(linear, images)
-    clean = run_attack(linear, images, labels, name, "mnist", eps=0.0)
-    assert int(clean.flipped.sum()) == 0
+    if ATTACKS[name].uses_eps:
+        assert int(run_attack(linear, images, labels, name, "mnist", eps=0.0).flipped.sum()) == 0
     out = run_attack(linear, images, labels, name, "mnist", eps=0.1)
     assert int(out.flipped.sum()) >= 7
+
+
+def test_cw_keeps_the_smallest_successful_example_and_returns_failures_unchanged():
+    torch.manual_seed(3)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    images = torch.rand(6, 1, 28, 28)
+    labels = own_labels(linear, images)
+    labels[0] = (labels[0] + 1) % 10  # already misclassified: returned as it is (L2 = 0)
+    full = run_attack(linear, images, labels, "cw", "mnist", initial_const=10.0)
+    short = run_attack(linear, images, labels, "cw", "mnist", initial_const=10.0, binary_search_steps=1, max_iter=1)
+    assert torch.equal(full.adv_images[0], images[0])
+    l2 = (full.adv_images - images).flatten(1).norm(dim=1)
+    l2_short = (short.adv_images - images).flatten(1).norm(dim=1)
+    both = full.flipped & short.flipped
+    assert full.flipped[1:].all() and bool(both.any())
+    assert (l2[both] <= l2_short[both] + 1e-6).all()  # more search never returns a larger successful example
+    stuck = run_attack(linear, images, labels, "cw", "mnist", binary_search_steps=1, max_iter=1, learning_rate=0.0)
+    assert torch.equal(stuck.adv_images, images)  # no step, no success: the clean images come back
 
 
 def test_transfer_takes_gradients_on_the_classical_cnn_only(models):
