@@ -98,7 +98,7 @@ def bench_browser(clicks: int) -> None:
 
             print(f"\n## Moving the epsilon slider one step in the browser (a new PGD-10 on both models), "
                   f"{clicks} clicks")
-            slider = page.locator('[data-testid="stSlider"] [role="slider"]').first
+            slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
             times = []
             for _ in range(clicks):
                 slider.focus()

@@ -100,6 +100,7 @@ def sidebar() -> Settings:
     and Streamlit's first run of a folder named ``pages/`` do).
     """
     apply_query_params()
+    _keep_sidebar_state()
     with st.sidebar:
         st.markdown("### QShield")
         dataset = st.selectbox("Dataset", DATASETS, key="qs_dataset", format_func=lambda d: get_spec(d).display_name)
@@ -119,6 +120,21 @@ def sidebar() -> Settings:
         settings = Settings(dataset, hybrid, grad_mode, noise)
         _model_status(settings)
     return settings
+
+
+SIDEBAR_KEYS = ("qs_dataset", "qs_hybrid", "qs_grad_mode", "qs_noise_kind", "qs_noise_p", "qs_readout")
+
+
+def _keep_sidebar_state() -> None:
+    """Keep the sidebar's choices when the user switches page.
+
+    Streamlit drops a widget's state when a run does not draw it, and a widget on another page is
+    another widget; re-assigning the keys at the top of every run is Streamlit's documented way to
+    carry them across pages.
+    """
+    for key in SIDEBAR_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
 
 
 def _model_status(s: Settings) -> None:

@@ -635,7 +635,13 @@ def paper_asr_table(dataset: str) -> pd.DataFrame:
 
 
 def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
-    """Hybrid over classical cost per attack (same attack, epsilon and budget), with projected circuit runs."""
+    """Hybrid over classical cost per attack (same attack, epsilon and budget), with projected circuit runs.
+
+    The time ratio splits into two factors: ``passes_ratio`` (how many more forward + backward passes the
+    attack needed: a property of the model, for attacks that stop once they succeed) times
+    ``per_pass_ratio`` (how much dearer one pass is: the simulator). Transfer attacks, which never
+    query the target, have no passes ratio.
+    """
     frame_rows = []
     paper = evaluation.load_paper_results()
     paper_seconds = evaluation.paper_attack_seconds(paper) if paper else {}
@@ -655,11 +661,17 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
             continue
         proj = hyb.get("projected_circuit_executions") or {}
         p_cnn, p_hyb = paper_seconds.get((dataset, "classical", attack)), paper_seconds.get((dataset, model, attack))
+        passes_cnn = cnn["forwards_per_image"] + cnn["backwards_per_image"]
+        passes_hyb = hyb["forwards_per_image"] + hyb["backwards_per_image"]
+        passes_ratio = passes_hyb / passes_cnn if passes_cnn > 0 and passes_hyb > 0 else None
+        seconds_ratio = hyb["seconds_per_image"] / max(cnn["seconds_per_image"], 1e-12)
         frame_rows.append({
             "attack": ATTACKS[attack].display_name, "series": model_label(model, mode), "model": model,
+            "label": ATTACKS[attack].display_name + ("" if eps is None else f" ({eps * 255:.3g}/255)"),
             "grad_mode": mode, "eps_255": None if eps is None else round(eps * 255, 2), "preset budget": preset,
             "classical ms/img": 1000 * cnn["seconds_per_image"], "hybrid ms/img": 1000 * hyb["seconds_per_image"],
-            "seconds_ratio": hyb["seconds_per_image"] / max(cnn["seconds_per_image"], 1e-12),
+            "seconds_ratio": seconds_ratio, "passes_ratio": passes_ratio,
+            "per_pass_ratio": None if passes_ratio is None else seconds_ratio / passes_ratio,
             "classical fwd/img": cnn["forwards_per_image"], "classical bwd/img": cnn["backwards_per_image"],
             "hybrid fwd/img": hyb["forwards_per_image"], "hybrid bwd/img": hyb["backwards_per_image"],
             "circuit runs/img": proj.get("circuit_evaluations_per_image"), "shots/img": proj.get("shots_per_image"),

@@ -211,11 +211,13 @@ def robustness_curve_figure(frame: pd.DataFrame, metric: str = "robust_accuracy"
 def cost_ratio_figure(frame: pd.DataFrame, value: str = "seconds_ratio", height: int = 360) -> go.Figure:
     """Hybrid-over-classical cost per attack (log scale), one bar group per gradient mode.
 
-    ``frame`` columns: attack, series, ``value``.
+    ``frame`` columns: series, ``value``, and ``label`` (the bar's name, e.g. the attack and its epsilon)
+    or ``attack``.
     """
     fig = go.Figure()
+    x_column = "label" if "label" in frame.columns else "attack"
     for series, rows in frame.groupby("series", sort=False):
-        fig.add_trace(go.Bar(x=rows["attack"], y=rows[value], name=str(series),
+        fig.add_trace(go.Bar(x=rows[x_column], y=rows[value], name=str(series),
                              text=[f"{v:.2g}×" for v in rows[value]], textposition="outside",
                              hovertemplate="%{x}: %{y:.3g}×<extra>" + str(series) + "</extra>"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#555555", annotation_text="same cost as the CNN")

@@ -54,7 +54,7 @@ async def _one_session(browser, url: str, plan: dict) -> dict:
         await page.wait_for_function(SETTLED_JS, timeout=PAGE_TIMEOUT_MS, polling=250)
         return {
             "plan": plan, "errors": errors,
-            "titles": " ".join(await page.locator(".gtitle").all_inner_texts()),
+            "titles": " ".join(await page.locator(".gtitle").all_text_contents()),
             "body": await page.inner_text("body"),
             "exceptions": await page.locator('[data-testid="stException"]').count(),
             "headers": await page.locator('[data-testid="stHeadingWithActionElements"]').all_inner_texts(),

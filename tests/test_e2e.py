@@ -99,7 +99,7 @@ def test_attack_lab_url_presets_and_badge_flip(server, browser):
             page.get_by_text(BADGE).first.wait_for(timeout=PAGE_TIMEOUT_MS)
             wait_settled(page)
             seen[eps] = badges(page)[0]
-            titles = " ".join(page.locator(".gtitle").all_inner_texts())
+            titles = " ".join(page.locator(".gtitle").all_text_contents())
             assert f"({eps:.1f}/255)" in titles, titles
             assert not errors, errors
         finally:
