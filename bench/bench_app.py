@@ -45,9 +45,10 @@ def attack_with_figures(dataset: str, entry: dict, models: dict) -> float:
     start = time.perf_counter()
     result = lab.compare_attack(dataset, lab.sample_image(entry), entry["label"], "pgd", models,
                                 eps=spec.paper_eps, steps=10, seed=len(entry["file"]))
-    for out in result.outcomes.values():
-        for fig in (viz.image_figure(out.image), viz.image_figure(out.adv_image),
-                    viz.perturbation_figure(out.perturbation, out.linf, out.l2),
+    for out in result.outcomes.values():  # what the Attack Lab draws: two pictures and two Plotly figures
+        for picture in (out.image, out.adv_image):
+            viz.pixel_image(picture)
+        for fig in (viz.perturbation_figure(out.perturbation, out.linf, out.l2),
                     viz.topk_figure(out.clean_probs, out.adv_probs, spec.class_names, label=out.label)):
             fig.to_json()
     return time.perf_counter() - start

@@ -254,6 +254,26 @@ def show_job(key: str, on_result: Callable[[Any], None]) -> None:
         st.error(f"The background run failed: {error}")
 
 
+def start_sweep(job_key: str, title: str, s: Settings, attacks: list[str], eps_values: list[float],
+                n_images: int, both_modes: bool = True) -> dict[str, lab.LoadedModel]:
+    """Run :func:`lab.sweep` on the sidebar's models in the background; returns the models it attacks."""
+    models = model_set(s, both_modes=both_modes)
+    twin, classical, dataset = twin_of(s), models["classical"], s.dataset
+
+    def work(progress: lab.Progress, cancel: threading.Event) -> lab.Sweep:
+        return lab.sweep(dataset, models, attacks, eps_values, n_images, twin=twin, classical=classical,
+                         progress=progress, cancel=cancel)
+
+    start_job(job_key, title, work)
+    return models
+
+
+def sweep_result(job_key: str, result_key: str) -> lab.Sweep | None:
+    """Show the progress of this session's sweep; its latest finished result (kept under ``result_key``)."""
+    show_job(job_key, lambda result: st.session_state.__setitem__(result_key, result))
+    return st.session_state.get(result_key)
+
+
 # --------------------------------------------------------------------------- image pickers
 
 

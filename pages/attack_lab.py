@@ -9,6 +9,7 @@ import torch
 from pages import _shared as ui
 from qshield_core import lab, viz
 from qshield_core.data import ImageInputError, get_spec, prepare_upload
+from qshield_core.zoo import ModelUnavailableError
 
 s = ui.sidebar()
 spec = get_spec(s.dataset)
@@ -81,7 +82,7 @@ if image is None:
     st.stop()
 
 models = ui.model_set(s, both_modes=both_modes)
-twin = ui.twin_of(s)
+twin = ui.twin_of(s) if lab.needs_twin(attack) else None  # loaded only for BPDA
 classical = models["classical"]
 for key, loaded in models.items():
     if not loaded.available:
@@ -100,10 +101,15 @@ def _compare(dataset: str, image_hash: str, label: int | None, attack: str, eps:
 
 image_hash = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 model_keys = (tuple(sorted(usable)), s.noise_key)
-with st.spinner(f"Running {choice.display_name} on {len(usable)} models…"):
-    result = _compare(s.dataset, image_hash, label, attack, eps_255 / 255 if choice.uses_eps else None,
-                      int(steps) if choice.uses_steps else None, model_keys, image, usable,
-                      twin if twin.available else None, classical if classical.available else None)
+try:
+    with st.spinner(f"Running {choice.display_name} on {len(usable)} models…"):
+        result = _compare(s.dataset, image_hash, label, attack, eps_255 / 255 if choice.uses_eps else None,
+                          int(steps) if choice.uses_steps else None, model_keys, image, usable,
+                          twin if twin is not None and twin.available else None,
+                          classical if classical.available else None)
+except ModelUnavailableError as err:
+    st.error(f"{choice.display_name} cannot run: {err}", icon=":material/block:")
+    st.stop()
 
 for notice in result.notices:
     getattr(st, notice.level)(notice.text)
@@ -120,8 +126,8 @@ for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
         st.markdown(f"{badge} &nbsp; **{names_[out.clean_pred]}** → **{names_[out.adv_pred]}**"
                     + ("" if out.clean_correct in (None, True) else " · (already wrong before the attack)"))
         left, mid = st.columns(2)
-        left.plotly_chart(viz.image_figure(out.image, "original", height=170), key=f"orig_{key}")
-        mid.plotly_chart(viz.image_figure(out.adv_image, "adversarial", height=170), key=f"adv_{key}")
+        left.image(viz.pixel_image(out.image), caption="original")
+        mid.image(viz.pixel_image(out.adv_image), caption="adversarial")
         st.plotly_chart(viz.perturbation_figure(out.perturbation, out.linf, out.l2, height=200), key=f"pert_{key}")
         st.plotly_chart(viz.topk_figure(out.clean_probs, out.adv_probs, names_, k=5, label=label), key=f"topk_{key}")
         time_col, fwd_col, bwd_col = st.columns(3)

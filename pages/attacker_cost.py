@@ -69,23 +69,8 @@ with st.form("ac_form"):
                                 format_func=lambda n: ATTACKS[n].display_name, key="ac_attacks")
     submitted = st.form_submit_button("Measure", type="primary", disabled=ui.job_of("ac_job") is not None)
 if submitted and attacks:
-    models = ui.model_set(s, both_modes=True)
-    twin, classical = ui.twin_of(s), models["classical"]
-    dataset = s.dataset
-
-    def work(progress, cancel):
-        return lab.sweep(dataset, models, attacks, [spec.paper_eps], n_images, twin=twin, classical=classical,
-                         progress=progress, cancel=cancel)
-
-    ui.start_job("ac_job", f"{len(attacks)} attacks on {n_images} images", work)
-
-
-def _keep(result: lab.Sweep) -> None:
-    st.session_state["ac_result"] = result
-
-
-ui.show_job("ac_job", _keep)
-fresh: lab.Sweep | None = st.session_state.get("ac_result")
+    ui.start_sweep("ac_job", f"{len(attacks)} attacks on {n_images} images", s, attacks, [spec.paper_eps], n_images)
+fresh = ui.sweep_result("ac_job", "ac_result")
 if fresh is not None and fresh.records:
     measured = lab.cost_frame(fresh.records, fresh.records[0]["dataset"])
     if not measured.empty:

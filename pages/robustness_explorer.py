@@ -66,15 +66,15 @@ st.caption(
     "sidebar's hybrid. It runs in the background: you can keep using the app, and come back to this page."
 )
 choices = {c.name: c for c in lab.attack_choices(s.dataset)}
-eps_options = sorted({0, 1, 2, 4, 8, 16, round(spec.paper_eps * 255), round(spec.common_eps * 255),
-                      round(lab.EPS_RANGE[s.dataset][1] * 255)})
+paper_255 = round(spec.paper_eps * 255)
+eps_max = round(lab.EPS_RANGE[s.dataset][1] * 255)
+eps_default = sorted({0, max(paper_255 // 4, 1), max(paper_255 // 2, 1), paper_255, min(2 * paper_255, eps_max)})
+eps_options = sorted({0, 1, 2, 4, 8, 16, round(spec.common_eps * 255), eps_max, *eps_default})
 with st.form("rx_sweep_form"):
     left, mid, right = st.columns(3)
     attack = left.selectbox("Attack", [n for n, c in choices.items() if c.uses_eps],
                             format_func=lambda n: choices[n].display_name, key="rx_attack")
-    eps_255 = mid.multiselect("ε values (in 1/255)", eps_options,
-                              default=[e for e in eps_options if e <= round(spec.paper_eps * 255) * 2][:5],
-                              key="rx_eps")
+    eps_255 = mid.multiselect("ε values (in 1/255)", eps_options, default=eps_default, key="rx_eps")
     n_images = right.slider("Images", 10, len(ui.samples_of(s.dataset)), 30, step=10, key="rx_n")
     both = st.checkbox("Hybrid in both gradient modes", value=True, key="rx_both")
     submitted = st.form_submit_button("Run sweep", type="primary",
@@ -83,27 +83,12 @@ if submitted:
     if not eps_255:
         st.error("Choose at least one ε.")
     else:
-        models = ui.model_set(s, both_modes=both)
+        models = ui.start_sweep("rx_job", f"{choices[attack].display_name} on {n_images} images", s, [attack],
+                                sorted(e / 255 for e in eps_255), n_images, both_modes=both)
         missing = [k for k, m in models.items() if not m.available]
         if missing:
             st.warning(f"Left out (unavailable): {', '.join(missing)}")
-        twin, classical = ui.twin_of(s), models["classical"]
-        eps_values = sorted(e / 255 for e in eps_255)
-        dataset = s.dataset
-
-        def work(progress, cancel):
-            return lab.sweep(dataset, models, [attack], eps_values, n_images, twin=twin, classical=classical,
-                             progress=progress, cancel=cancel)
-
-        ui.start_job("rx_job", f"{choices[attack].display_name} on {n_images} images", work)
-
-
-def _keep(result: lab.Sweep) -> None:
-    st.session_state["rx_sweep"] = result
-
-
-ui.show_job("rx_job", _keep)
-fresh: lab.Sweep | None = st.session_state.get("rx_sweep")
+fresh = ui.sweep_result("rx_job", "rx_sweep")
 if fresh is not None and fresh.records:
     fresh_frame = lab.records_frame(fresh.records)
     if fresh.cancelled:

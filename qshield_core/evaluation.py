@@ -20,6 +20,7 @@ reseeded before each), so an image the attack leaves unchanged keeps its predict
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -75,9 +76,11 @@ class CountingModel(nn.Module):
     """Wraps a model and counts, per sample, the forward passes and the backward passes through it.
 
     A forward pass of a batch of B adds B to ``forward_samples``. Every time autograd computes
-    the gradient of the output (a tensor hook on it), the rows of that gradient are added to
-    ``backward_samples``: a full Jacobian (DeepFool) counts one backward pass per class, a
-    forward pass run without autograd or never differentiated counts none.
+    the gradient of the output (a tensor hook on it), the rows of that gradient that are not all
+    zero are added to ``backward_samples``: a full Jacobian (DeepFool) counts one backward pass per
+    class, a sample whose output gradient is zero (left out of the loss, as the batched DeepFool
+    does with the images it has already fooled) counts none, and so does a forward pass run
+    without autograd or never differentiated.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -98,7 +101,7 @@ class CountingModel(nn.Module):
         return out
 
     def _count_backward(self, grad: torch.Tensor) -> None:
-        self.backward_samples += int(grad.shape[0])
+        self.backward_samples += int((grad.reshape(grad.shape[0], -1) != 0).any(dim=1).sum())
 
 
 # --------------------------------------------------------------------------- one attack
@@ -453,6 +456,8 @@ def _base_record(key, dataset, model_name, grad_mode, backend, attack, aspec, ep
         "suite": None if aspec is None else aspec.suite,
         "threat": None if aspec is None else aspec.threat, "access": None if aspec is None else aspec.access,
         "eps": eps, "eps_255": None if eps is None else round(eps * 255, 4), "params": params, "seed": seed,
+        "seeding": f"batch i of {batch_size} points: attack seeded with seed + i (also the 'seed' parameter of the "
+                   f"attacks that take one), its clean and adversarial evaluations with seed + i + {EVAL_SEED_OFFSET}",
         "n": len(points.labels), "batch_size": batch_size,
         "points": {"source": points.source, "exact": points.exact, "selection": points.selection,
                    "indices_sha256": points.indices_sha256},
@@ -460,7 +465,7 @@ def _base_record(key, dataset, model_name, grad_mode, backend, attack, aspec, ep
                        "clean_test_accuracy": card.get("clean_test_accuracy"), "n_test": card.get("n_test")},
         "surrogate": surrogate_info, "protocol": PROTOCOL_NOTE, "versions": _versions(),
         "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command,
     }
@@ -593,6 +598,26 @@ def save_results(path: str | os.PathLike, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def merge_record(path: str | os.PathLike, record: dict) -> list[dict]:
+    """Add ``record`` to the results file (replacing a record with its key); returns all records.
+
+    The file is re-read and rewritten under an exclusive lock (``fcntl.flock`` on ``<file>.lock``),
+    so several processes on one machine can fill the same file with their cells.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = load_results(path)
+        at = next((i for i, r in enumerate(records) if r.get("key") == record.get("key")), None)
+        if at is None:
+            records.append(record)
+        else:
+            records[at] = record
+        save_results(path, records)
+    return records
+
+
 @dataclass
 class RunSummary:
     ran: list[str] = field(default_factory=list)
@@ -628,14 +653,7 @@ def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int 
         record = evaluate_cell(cell.dataset, cell.model, cell.grad_mode, cell.attack, cell.eps, cell.n, cell.seed,
                                steps=cell.steps, backend=cell.backend, source=cell.source, progress=progress,
                                **cell_kwargs)
-        records = load_results(out_path)  # another process may have added cells to the file meanwhile
-        at = next((i for i, r in enumerate(records) if r.get("key") == cell.key), None)
-        if at is None:
-            records.append(record)
-        else:
-            records[at] = record
-        summary.records = records
-        save_results(out_path, records)
+        summary.records = merge_record(out_path, record)
         summary.ran.append(cell.key)
         if log is not None:
             log(summary_line(record))

@@ -15,6 +15,7 @@ only has to lay out:
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -222,10 +223,10 @@ def model_cards_frame(directory: Path | None = None) -> pd.DataFrame:
             rows.append({
                 "dataset": get_spec(dataset).display_name,
                 "model": name,
-                "clean test accuracy (%)": None if accuracy is None else round(100 * accuracy, 2),
+                "clean test accuracy (%)": np.nan if accuracy is None else round(100 * accuracy, 2),
                 "n test": card.get("n_test"),
                 "parameters": card.get("parameter_count", card.get("parameters")),
-                "mean α (test)": card.get("mean_alpha_test"),
+                "mean α (test)": card.get("mean_alpha_test", np.nan),
                 "train seconds": card.get("train_seconds"),
                 "data": (card.get("data") or {}).get("source", ""),
             })
@@ -387,6 +388,19 @@ class Comparison:
     notices: list[Notice]
 
 
+def budget_notice(attack: str, dataset: str, budget: Mapping) -> str:
+    """A sentence saying how the app lowers ``attack``'s preset budget (e.g. ``steps=40 (preset 100)``)."""
+    preset = attack_params(attack, dataset)
+    shown = ", ".join(f"{k}={v} (preset {preset.get(k)})" for k, v in budget.items())
+    return (f"To keep one click within seconds, the app runs {get_attack(attack).display_name} with a smaller "
+            f"budget: {shown}. The committed results and the CLI use the full preset.")
+
+
+def needs_twin(attack: str) -> bool:
+    """Whether ``attack`` takes its gradients on the hybrid's differentiable twin (BPDA)."""
+    return get_attack(attack).surrogate == "differentiable-twin"
+
+
 def surrogate_for(attack: str, loaded: LoadedModel, twin: LoadedModel | None, classical: LoadedModel | None
                   ) -> tuple[nn.Module | None, str]:
     """The model an attack takes its gradient on for ``loaded``, and a sentence saying which.
@@ -423,15 +437,12 @@ def compare_attack(dataset: str, image: torch.Tensor, label: int | None, attack:
     spec = get_spec(dataset)
     aspec = get_attack(attack)
     x = image.detach().float().reshape(1, *spec.input_shape)
-    overrides = dict(APP_BUDGET.get(aspec.name, {})) if app_budget else {}
+    budget = dict(APP_BUDGET.get(aspec.name, {})) if app_budget else {}
+    overrides = dict(budget)
     if aspec.steps_param in overrides:  # the steps knob goes through ``steps``, the caller's value first
         budget_steps = overrides.pop(aspec.steps_param)
         steps = budget_steps if steps is None else steps
-    notices = []
-    if overrides:
-        shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        notices.append(Notice("info", f"To keep one click within seconds, the app runs {aspec.display_name} with a "
-                                      f"smaller budget ({shown}); the committed results use the full preset."))
+    notices = [Notice("info", budget_notice(aspec.name, spec.name, budget))] if budget else []
     if label is None:
         notices.append(Notice("info", "True class unknown: each model is attacked away from its own prediction."))
     outcomes = {}
@@ -549,13 +560,21 @@ def result_files(directory: Path | None = None) -> list[Path]:
 
 
 def load_results(directory: Path | None = None) -> tuple[list[dict], list[str]]:
-    """All records under ``results/`` (tagged with their file) and a list of problems met."""
+    """All evaluation records under ``results/`` (tagged with their file) and the problems met.
+
+    Only files in the evaluation's format (a list of records, or ``{"records": [...]}``) are read;
+    other JSON files there (e.g. benchmark outputs) are not results and are passed over.
+    """
     records, problems = [], []
     for path in result_files(directory):
         try:
-            records.extend(dict(r, source_file=path.name) for r in evaluation.load_results(path) if isinstance(r, dict))
-        except ValueError as err:
-            problems.append(str(err))
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problems.append(f"Results file {path.name} could not be read ({err}).")
+            continue
+        rows = data.get("records") if isinstance(data, dict) else data
+        if isinstance(rows, list):
+            records.extend(dict(r, source_file=path.name) for r in rows if isinstance(r, dict) and "attack" in r)
     return records, problems
 
 
@@ -722,7 +741,7 @@ def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
             continue
         rows.append({
             "dataset": spec.display_name, "model": model_label(model, mode), "ε": f"{spec.paper_eps * 255:.0f}/255",
-            "paper-protocol PGD ASR (%)": None if pgd is None else round(100 * pgd["asr"], 1),
+            "paper-protocol PGD ASR (%)": np.nan if pgd is None else round(100 * pgd["asr"], 1),
             "strongest adaptive attack": strongest.get("attack_display", strongest["attack"]),
             "its ASR (%)": round(100 * strongest["asr"], 1),
             "95 % interval": _interval_text(strongest.get("asr_ci")), "n": strongest.get("n"),

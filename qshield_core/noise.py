@@ -26,9 +26,46 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
-import pennylane as qml
 
 NOISE_KINDS = ("none", "depolarizing", "amplitude_damping", "phase_damping", "mixed", "thermal")
+
+
+def depolarizing_kraus(p: float) -> list[np.ndarray]:
+    """PennyLane's ``DepolarizingChannel(p)``: X, Y and Z each with probability p/3."""
+    paulis = [np.array([[0, 1], [1, 0]]), np.array([[0, -1j], [1j, 0]]), np.array([[1, 0], [0, -1]])]
+    return [np.sqrt(1 - p) * np.eye(2, dtype=np.complex128)] + [np.sqrt(p / 3) * m.astype(np.complex128)
+                                                                 for m in paulis]
+
+
+def amplitude_damping_kraus(gamma: float) -> list[np.ndarray]:
+    """|1> decays to |0> with probability gamma."""
+    return [np.array([[1, 0], [0, np.sqrt(1 - gamma)]], dtype=np.complex128),
+            np.array([[0, np.sqrt(gamma)], [0, 0]], dtype=np.complex128)]
+
+
+def phase_damping_kraus(gamma: float) -> list[np.ndarray]:
+    """Coherences shrink by sqrt(1 - gamma); populations stay."""
+    return [np.array([[1, 0], [0, np.sqrt(1 - gamma)]], dtype=np.complex128),
+            np.array([[0, 0], [0, np.sqrt(gamma)]], dtype=np.complex128)]
+
+
+def thermal_relaxation_kraus(pe: float, t1: float, t2: float, tg: float) -> list[np.ndarray]:
+    """Thermal relaxation towards |0> (``pe`` = 0): amplitude damping then pure dephasing.
+
+    Populations relax with exp(-tg/T1) and coherences decay with exp(-tg/T2), as in PennyLane's
+    ``ThermalRelaxationError`` (valid for T2 <= 2 T1; only ``pe = 0`` is used here).
+    """
+    if pe != 0.0:
+        raise ValueError("Only relaxation towards the ground state (pe = 0) is supported.")
+    gamma = 1 - np.exp(-tg / t1)
+    survive = 1 - gamma  # sqrt(survive) sqrt(1 - dephase) = exp(-tg/T2)
+    dephase = 1 - np.exp(-2 * tg / t2) / survive if survive > 0 else 0.0
+    return [d @ a for d in phase_damping_kraus(max(dephase, 0.0)) for a in amplitude_damping_kraus(gamma)]
+
+
+KRAUS = {"DepolarizingChannel": depolarizing_kraus, "AmplitudeDamping": amplitude_damping_kraus,
+         "PhaseDamping": phase_damping_kraus, "ThermalRelaxationError": thermal_relaxation_kraus}
+"""Kraus matrices of the PennyLane channels the noise models use, by class name."""
 
 
 @dataclass(frozen=True)
@@ -60,39 +97,47 @@ class NoiseModel:
         """True when the circuit stays a pure state (no channel, no readout error)."""
         return not self.channel_specs() and self.readout == 0.0
 
-    def channel_specs(self) -> list[tuple[type, tuple[float, ...]]]:
-        """The PennyLane channel classes and their parameters applied to every wire."""
+    def channel_specs(self) -> list[tuple[str, tuple[float, ...]]]:
+        """The PennyLane channels (class names in ``pennylane``) and their parameters applied to every wire."""
         p = self.p
         if self.kind == "none":
             return []
         if self.kind == "depolarizing":
-            return [(qml.DepolarizingChannel, (0.75 * p,))]
+            return [("DepolarizingChannel", (0.75 * p,))]
         if self.kind == "amplitude_damping":
-            return [(qml.AmplitudeDamping, (p,))]
+            return [("AmplitudeDamping", (p,))]
         if self.kind == "phase_damping":
-            return [(qml.PhaseDamping, (p,))]
+            return [("PhaseDamping", (p,))]
         if self.kind == "mixed":
-            return [(qml.DepolarizingChannel, (0.4 * p,)), (qml.AmplitudeDamping, (0.3 * p,)),
-                    (qml.PhaseDamping, (0.3 * p,))]
-        return [(qml.ThermalRelaxationError, (0.0, self.t1, self.t2, self.gate_time))]
+            return [("DepolarizingChannel", (0.4 * p,)), ("AmplitudeDamping", (0.3 * p,)),
+                    ("PhaseDamping", (0.3 * p,))]
+        return [("ThermalRelaxationError", (0.0, self.t1, self.t2, self.gate_time))]
 
     def apply(self, wires) -> None:
         """Queue the noise channels on each of ``wires`` (inside a QNode)."""
+        import pennylane as qml  # imported on use: the fast simulator and the app's first page do without it
+
         for wire in wires:
-            for channel, params in self.channel_specs():
-                channel(*params, wires=wire)
+            for name, params in self.channel_specs():
+                getattr(qml, name)(*params, wires=wire)
 
     def apply_readout(self, wires) -> None:
         """Queue the readout error as a bit flip on each wire just before measurement."""
+        import pennylane as qml
+
         if self.readout > 0:
             for wire in wires:
                 qml.BitFlip(self.readout, wires=wire)
 
     @cached_property
     def kraus_per_wire(self) -> list[list[np.ndarray]]:
-        """For each channel in application order, its single-qubit Kraus matrices."""
-        return [[np.asarray(k, dtype=np.complex128) for k in channel(*params, wires=0).kraus_matrices()]
-                for channel, params in self.channel_specs()]
+        """For each channel in application order, its single-qubit Kraus matrices.
+
+        Written out in NumPy (the textbook forms PennyLane uses, equal to its ``kraus_matrices()``
+        up to the choice of Kraus set, which the tests check) so that the fast simulator does not
+        need to import PennyLane: that import is the largest part of the app's start-up.
+        """
+        return [KRAUS[name](*params) for name, params in self.channel_specs()]
 
     def readout_matrix(self) -> np.ndarray:
         """The single-qubit confusion matrix R[measured, true]."""

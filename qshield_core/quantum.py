@@ -14,14 +14,20 @@ wire], then readout error and ``qml.probs`` on all wires. Three backends execute
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pennylane as qml
 import torch
 from torch import nn
 
 from .noise import NoiseModel
 from .simulator import FastCircuitSimulator, qubits_for_classes
+
+if TYPE_CHECKING:
+    import pennylane as qml
+
+# PennyLane is imported where a circuit is built, drawn or run as a QNode, not at module level: the
+# default ``fast`` backend does without it, and the import is the largest part of the app's start-up.
 
 ENTANGLEMENTS = ("none", "linear", "ring", "star", "full")
 ENCODINGS = ("enhanced", "angle")
@@ -92,6 +98,8 @@ class CircuitConfig:
 
 def circuit(angles, weights, config: CircuitConfig):
     """The QShield circuit as a plain function of ``(angles, weights)`` (queue inside a QNode)."""
+    import pennylane as qml
+
     wires = range(config.n_qubits)
     for wire in wires:
         if config.encoding == "angle":
@@ -118,6 +126,8 @@ def device_name(config: CircuitConfig) -> str:
 
 def make_qnode(config: CircuitConfig, diff_method: str = "backprop") -> qml.QNode:
     """A torch QNode of the circuit on the device its noise model needs."""
+    import pennylane as qml
+
     dev = qml.device(device_name(config), wires=config.n_qubits)
 
     def qnode_fn(angles, weights):
@@ -135,6 +145,8 @@ def example_angles(config: CircuitConfig, seed: int = 0) -> torch.Tensor:
 
 def draw_text(config: CircuitConfig, angles: torch.Tensor | None = None, decimals: int = 2) -> str:
     """The circuit as text (``qml.draw``)."""
+    import pennylane as qml
+
     angles = example_angles(config) if angles is None else angles
     weights = torch.zeros(config.weight_shape, dtype=torch.float64)
     return qml.draw(make_qnode(config), decimals=decimals)(angles, weights)
@@ -142,6 +154,8 @@ def draw_text(config: CircuitConfig, angles: torch.Tensor | None = None, decimal
 
 def draw_figure(config: CircuitConfig, angles: torch.Tensor | None = None):
     """The circuit as a Matplotlib figure (``qml.draw_mpl``)."""
+    import pennylane as qml
+
     angles = example_angles(config) if angles is None else angles
     weights = torch.zeros(config.weight_shape, dtype=torch.float64)
     fig, _ = qml.draw_mpl(make_qnode(config), decimals=2, style="pennylane")(angles, weights)
@@ -191,6 +205,8 @@ class QuantumCircuitLayer(nn.Module):
 
     def _paper_loop(self, angles: torch.Tensor) -> torch.Tensor:
         """The paper's execution: QNode rebuilt per call, one sample at a time, detached."""
+        import pennylane as qml
+
         config = self.config
         dev = qml.device("default.mixed", wires=config.n_qubits)
         qnode = qml.QNode(lambda a, w: circuit(a, w, config), dev, interface="torch",

@@ -40,6 +40,17 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
 
+def pixel_image(image: np.ndarray, size: int = 168) -> np.ndarray:
+    """An image (C, H, W) in [0, 1] enlarged to ``size`` pixels with nearest-neighbour (crisp pixels).
+
+    For ``st.image``: a plain picture costs the browser far less than a Plotly figure, and the
+    Attack Lab shows four of them per attack.
+    """
+    pixels = _hwc(image)
+    factor = max(1, size // pixels.shape[0])
+    return np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
+
+
 def image_figure(image: np.ndarray, title: str | None = None, height: int = 220) -> go.Figure:
     """One image (C, H, W) in [0, 1], greyscale or RGB, drawn pixel-exact."""
     pixels = _hwc(image)
@@ -89,6 +100,7 @@ def topk_figure(clean_probs: np.ndarray, adv_probs: np.ndarray, class_names: Seq
     ])
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.15), xaxis=dict(range=[0, 1],
                       title="probability"))
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names)  # "0".."9" are names, not numbers
     return _compact(fig, height)
 
 
@@ -222,5 +234,6 @@ def cost_ratio_figure(frame: pd.DataFrame, value: str = "seconds_ratio", height:
                              hovertemplate="%{x}: %{y:.3g}×<extra>" + str(series) + "</extra>"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#555555", annotation_text="same cost as the CNN")
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="hybrid / classical",
-                      legend=dict(orientation="h", y=-0.25))
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    fig.update_xaxes(tickangle=-35, automargin=True)
     return _compact(fig, height)

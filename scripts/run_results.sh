@@ -3,7 +3,9 @@
 #   results/paper-reproduction.json (+ .md)  the paper's protocol: clean accuracy and gradient norms (both modes),
 #                                            then its 8 attacks at its epsilon, every model, hybrids in paper mode
 #   results/adaptive.json                    the adaptive attacks at the paper's and the common epsilon
-#   results/sanity.json                      ASR against epsilon (FGSM, PGD-100) for the CNN and hybrid-full
+#                                            (measured on this 2-core CPU, idle: paper stage about 5 h, adaptive
+#                                            about 6-7 h, sanity about 30 min; spread it with EXTRA="--shard i/k")
+#   results/sanity.json                      ASR against epsilon (FGSM, APGD-CE) for the CNN and hybrid-full
 #   results/adaptive.md                      tables of all three files together
 #
 # Resumable: every cell is written as soon as it is done and skipped on the next run, so rerun after an
@@ -13,9 +15,11 @@
 #   STAGES      which stages to run            ["paper adaptive sanity"]
 #   DATASETS    datasets                       ["mnist organamnist cifar10"]
 #   MODELS      models of the paper stage      ["classical hybrid-none hybrid-linear hybrid-star hybrid-full"]
-#   HYBRIDS     hybrids of the adaptive stage  ["hybrid-none hybrid-linear hybrid-star hybrid-full"]
-#   EOT_MODELS  hybrids that also get the EOT attacks (autoattack-rand, eot-pgd) ["hybrid-full"]
-#   N           points per paper cell [1000];  N_ADAPTIVE [500];  N_EOT [100];  N_SWEEP [200]
+#   HYBRIDS     hybrids of the adaptive stage (AutoAttack, BPDA, transfer) ["hybrid-none hybrid-linear hybrid-star
+#               hybrid-full"]
+#   FULL_MODELS hybrids that also get PGD-100, APGD-CE/-DLR, Square-5000, the differentiable mode and the EOT
+#               attacks (autoattack-rand, eot-pgd) ["hybrid-full"]
+#   N           points per paper cell [1000];  N_ADAPTIVE [250];  N_EOT [100];  N_SWEEP [200]
 #   SEED [0]  THREADS [2]  OUT [results]  EXTRA (more evaluate options, e.g. "--limit 3" or "--shard 0/4")
 # Example, a tiny slice:  STAGES=paper DATASETS=mnist MODELS=classical N=20 EXTRA="--source samples" \
 #                         bash scripts/run_results.sh
@@ -26,8 +30,8 @@ STAGES=${STAGES:-paper adaptive sanity}
 DATASETS=${DATASETS:-mnist organamnist cifar10}
 MODELS=${MODELS:-classical hybrid-none hybrid-linear hybrid-star hybrid-full}
 HYBRIDS=${HYBRIDS:-hybrid-none hybrid-linear hybrid-star hybrid-full}
-EOT_MODELS=${EOT_MODELS:-hybrid-full}
-N=${N:-1000}; N_ADAPTIVE=${N_ADAPTIVE:-500}; N_EOT=${N_EOT:-100}; N_SWEEP=${N_SWEEP:-200}
+FULL_MODELS=${FULL_MODELS:-hybrid-full}
+N=${N:-1000}; N_ADAPTIVE=${N_ADAPTIVE:-250}; N_EOT=${N_EOT:-100}; N_SWEEP=${N_SWEEP:-200}
 SEED=${SEED:-0}; THREADS=${THREADS:-2}; OUT=${OUT:-results}; EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 failed=0
@@ -62,17 +66,21 @@ if has "$STAGES" adaptive; then
   for d in $DATASETS; do
     eps="$(paper_eps "$d") $(common_eps "$d")"
     # shellcheck disable=SC2086
-    run --dataset "$d" --model classical --attack pgd100 apgd-ce apgd-dlr autoattack square5000 --eps $eps \
-        --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
+    run --dataset "$d" --model classical --attack apgd-ce autoattack --eps $eps --n "$N_ADAPTIVE" \
+        --json "$OUT/adaptive.json"
     for m in $HYBRIDS; do
+      # every hybrid: AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000), BPDA and transfer, in the paper's mode
       # shellcheck disable=SC2086
-      run --dataset "$d" --model "$m" --grad-mode paper \
-          --attack pgd100 apgd-ce apgd-dlr autoattack bpda transfer-classical square5000 --eps $eps \
+      run --dataset "$d" --model "$m" --grad-mode paper --attack autoattack bpda transfer-classical --eps $eps \
           --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
-      # shellcheck disable=SC2086
-      run --dataset "$d" --model "$m" --grad-mode differentiable --attack pgd100 apgd-ce autoattack --eps $eps \
-          --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
-      if has "$EOT_MODELS" "$m"; then
+      if has "$FULL_MODELS" "$m"; then
+        # the full set: each white-box and score-based attack on its own, the differentiable twin, and EOT
+        # shellcheck disable=SC2086
+        run --dataset "$d" --model "$m" --grad-mode paper --attack pgd100 apgd-ce apgd-dlr square5000 --eps $eps \
+            --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
+        # shellcheck disable=SC2086
+        run --dataset "$d" --model "$m" --grad-mode differentiable --attack apgd-ce autoattack --eps $eps \
+            --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
         # shellcheck disable=SC2086
         run --dataset "$d" --model "$m" --grad-mode paper --attack eot-pgd autoattack-rand --eps $eps \
             --n "$N_EOT" --json "$OUT/adaptive.json"
@@ -84,8 +92,8 @@ fi
 if has "$STAGES" sanity; then
   for d in $DATASETS; do
     # shellcheck disable=SC2046
-    run --dataset "$d" --model classical hybrid-full --grad-mode paper differentiable --attack fgsm pgd100 \
-        --eps $(sweep_eps "$d") --steps 20 --n "$N_SWEEP" --json "$OUT/sanity.json"
+    run --dataset "$d" --model classical hybrid-full --grad-mode paper differentiable --attack fgsm apgd-ce \
+        --eps $(sweep_eps "$d") --n "$N_SWEEP" --json "$OUT/sanity.json"
   done
 fi
 

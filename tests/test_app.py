@@ -174,6 +174,19 @@ def test_perturbation_stays_within_epsilon_and_both_modes_appear():
         assert np.abs(np.asarray(heat["z"], dtype=float)).max() <= 6 / 255 + 1e-6
 
 
+def test_bpda_takes_its_gradients_from_the_differentiable_twin_within_the_app_budget():
+    require_models("mnist", "classical", "hybrid-full")
+    at = run_app()
+    at.selectbox(key="lab_attack").set_value("bpda").run()
+    no_exceptions(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "BPDA: values from hybrid-full (paper), gradients from hybrid-full (differentiable)" in captions
+    assert "already differentiable: BPDA is white-box PGD on this model" in captions, "the classical column"
+    assert any("smaller budget: steps=40 (preset 100)" in i.value for i in at.info)
+    forwards = {m.value for m in at.metric if m.label == "Forward passes"}
+    assert forwards == {"40"}, "40 steps on each model (the target is evaluated once per step)"
+
+
 def test_url_query_presets_the_session():
     require_models("organamnist", "classical", "hybrid-full")
     at = run_app(dataset="organamnist", attack="fgsm", eps="3", **{"class": "6"})

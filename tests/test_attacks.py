@@ -144,6 +144,27 @@ def test_an_attack_really_attacks(name):
     assert int(out.flipped.sum()) >= 7
 
 
+def test_batched_deepfool_takes_torchattacks_steps(models):
+    """Image by image, the batched DeepFool returns what ``torchattacks.DeepFool`` returns, at the same cost."""
+    import torchattacks
+
+    from qshield_core.attacks import BatchedDeepFool
+
+    torch.manual_seed(4)
+    images = torch.rand(6, 1, 28, 28)
+    labels = own_labels(models["cnn"], images)
+    counted = CountingModel(models["cnn"])
+    batched = BatchedDeepFool(counted, steps=5, overshoot=0.05)(images, labels)
+    batched_passes = (counted.forward_samples, counted.backward_samples)
+    counted.reset()
+    for i in range(len(images)):
+        reference = torchattacks.DeepFool(counted, steps=5, overshoot=0.05)(images[i:i + 1], labels[i:i + 1])
+        assert torch.allclose(batched[i:i + 1], reference, atol=1e-4), f"image {i}"
+    assert (batched != images).any(), "it moved the images"
+    assert batched_passes == (counted.forward_samples, counted.backward_samples), "same passes, counted"
+    assert counted.backward_samples == 10 * counted.forward_samples, "one backward pass per class per step"
+
+
 def test_cw_keeps_the_smallest_successful_example_and_returns_failures_unchanged():
     torch.manual_seed(3)
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()

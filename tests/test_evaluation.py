@@ -14,6 +14,7 @@ from qshield_core.evaluation import (
     balanced_indices,
     evaluate_cell,
     load_results,
+    merge_record,
     plan_cells,
     projected_circuit_executions,
     render_markdown,
@@ -51,6 +52,9 @@ def test_counting_model_counts_forward_and_backward_samples(cnn):
     assert (counted.forward_samples, counted.backward_samples) == (7, 5)
     counted(x)  # a forward that is never differentiated costs no backward pass
     assert counted.backward_samples == 5
+    out = counted(x)
+    torch.autograd.grad(out[1:3].sum(), x)  # samples left out of the loss get no gradient: not counted
+    assert (counted.forward_samples, counted.backward_samples) == (17, 7)
 
 
 @pytest.mark.parametrize(("attack", "kwargs", "forwards", "backwards"), [
@@ -230,3 +234,27 @@ def test_markdown_puts_the_paper_next_to_ours():
     assert "MNIST, hybrid-full, PGD: paper 28.7 %, ours 96.0 %" in text  # disagreement called out
     assert "47x" in text  # the paper's hybrid/CNN attack time ratio for PGD
     assert "## All cells" in text
+
+
+def _merge_many(path: str, prefix: str, count: int) -> None:
+    for i in range(count):
+        merge_record(path, {"key": f"{prefix}{i}", "attack": "none"})
+
+
+def test_processes_filling_one_results_file_lose_no_cell(tmp_path):
+    """Cells are independent jobs: two processes writing the same file keep every record."""
+    import multiprocessing
+
+    path = str(tmp_path / "results.json")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_merge_many, args=(path, prefix, 25)) for prefix in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    keys = sorted(r["key"] for r in load_results(path))
+    assert keys == sorted(f"{p}{i}" for p in "ab" for i in range(25))
+    merge_record(path, {"key": "a3", "attack": "fgsm"})  # the same key replaces, never duplicates
+    records = load_results(path)
+    assert len(records) == 50 and [r["attack"] for r in records if r["key"] == "a3"] == ["fgsm"]

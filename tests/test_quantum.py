@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +21,7 @@ from qshield_core.quantum import (
 )
 from qshield_core.simulator import qubits_for_classes
 
+REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("fast", "pennylane")
 NOISELESS = NoiseModel("none", 0.0)
 
@@ -232,11 +237,39 @@ def test_noise_changes_the_output(kind, rng):
 def test_depolarizing_convention_is_nielsen_chuang():
     """p -> PennyLane's DepolarizingChannel(3p/4); the paper's mixed recipe uses PennyLane's own p."""
     specs = NoiseModel("depolarizing", 0.2).channel_specs()
-    assert specs[0][0].__name__ == "DepolarizingChannel" and specs[0][1] == pytest.approx((0.15,))
+    assert specs[0][0] == "DepolarizingChannel" and specs[0][1] == pytest.approx((0.15,))
     mixed = NoiseModel("mixed", 0.01).channel_specs()
-    assert [(c.__name__, v) for c, (v,) in mixed] == [
+    assert [(name, v) for name, (v,) in mixed] == [
         ("DepolarizingChannel", pytest.approx(0.004)), ("AmplitudeDamping", pytest.approx(0.003)),
         ("PhaseDamping", pytest.approx(0.003))]
+
+
+def _superoperator(kraus) -> np.ndarray:
+    return sum(np.kron(k, k.conj()) for k in kraus)
+
+
+@pytest.mark.parametrize("model", [
+    NoiseModel("depolarizing", 0.3), NoiseModel("amplitude_damping", 0.2), NoiseModel("phase_damping", 0.7),
+    NoiseModel("mixed", 0.05), NoiseModel("thermal"), NoiseModel("thermal", t1=20e-6, t2=35e-6, gate_time=4e-6),
+    NoiseModel("thermal", t1=30e-6, t2=10e-6, gate_time=2e-6),
+])
+def test_numpy_kraus_matrices_are_pennylanes_channels(model):
+    """The fast simulator's Kraus sets act exactly as PennyLane's own channels (same superoperator)."""
+    import pennylane as qml
+
+    for ours, (name, params) in zip(model.kraus_per_wire, model.channel_specs(), strict=True):
+        theirs = [np.asarray(k) for k in getattr(qml, name)(*params, wires=0).kraus_matrices()]
+        assert np.allclose(sum(k.conj().T @ k for k in ours), np.eye(2)), "trace preserving"
+        np.testing.assert_allclose(_superoperator(ours), _superoperator(theirs), atol=1e-12)
+
+
+def test_the_fast_path_does_not_import_pennylane():
+    """The app's first page runs the fast simulator; PennyLane loads only to draw or run QNodes."""
+    code = ("import sys, torch; from qshield_core import lab; "
+            "m = lab.load('mnist', 'hybrid-full'); m.model(torch.rand(2, 1, 28, 28)); "
+            "print('pennylane' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("kwargs, match", [
