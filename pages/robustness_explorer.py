@@ -35,7 +35,8 @@ else:
     left, right = st.columns(2)
     chosen_models = left.multiselect("Models", models, default=[m for m in models if m in ("classical", s.hybrid)]
                                      or models, key=f"rx_models_{s.dataset}")
-    preferred = [a for a in ("PGD", "AutoAttack", "BPDA via differentiable twin") if a in attacks] or attacks[:2]
+    # the sanity sweeps (FGSM, APGD-CE over six eps) draw curves; AutoAttack is the strongest reference point
+    preferred = [a for a in ("FGSM", "APGD-CE", "AutoAttack") if a in attacks] or attacks[:2]
     chosen_attacks = right.multiselect("Attacks", attacks, default=preferred, key=f"rx_attacks_{s.dataset}")
     shown = frame[frame["model"].isin(chosen_models) & frame["attack_display"].isin(chosen_attacks)]
     paper = lab.paper_reference_frame(s.dataset) if metric == "asr" else None

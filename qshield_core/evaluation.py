@@ -360,6 +360,19 @@ class Cell:
         return cell_key(self.dataset, self.model, self.grad_mode, self.attack, self.eps, self.n, self.seed,
                         self.backend, self.steps, self.source)
 
+    @property
+    def params(self) -> dict | None:
+        """The attack's parameters as the current presets resolve them (None for clean accuracy)."""
+        if self.attack == "none":
+            return None
+        return resolve_params(self.attack, self.dataset, self.eps, self.steps, self.seed)
+
+
+def is_current(record: dict, cell: Cell) -> bool:
+    """Whether ``record`` was computed with the attack parameters ``cell`` would use today."""
+    as_json = json.loads(json.dumps(cell.params))  # tuples become lists, as in the file
+    return record.get("params") == as_json
+
 
 def cell_key(dataset: str, model: str, grad_mode: str | None, attack: str, eps: float | None, n: int, seed: int,
              backend: str = "fast", steps: int | None = None, source: str = "auto") -> str:
@@ -625,14 +638,21 @@ class RunSummary:
     records: list[dict] = field(default_factory=list)
 
 
+def _recorded(records: list[dict], cells: list[Cell]) -> list[tuple[dict, Cell]]:
+    """The (record, cell) pairs of the cells that already have a record."""
+    by_key = {r.get("key"): r for r in records}
+    return [(by_key[c.key], c) for c in cells if c.key in by_key]
+
+
 def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int | None = None,
               shard: tuple[int, int] | None = None, replace: bool = False, progress: bool = True, log=print,
               **cell_kwargs) -> RunSummary:
     """Evaluate cells and append their records to ``out_path``, resumably.
 
-    Cells whose key is already in the file are skipped (``replace=True`` recomputes them and
-    replaces their records in place, e.g. after a preset changed); the file is rewritten after
-    every cell. ``shard=(i, k)`` keeps every k-th cell starting at i (to spread a grid over
+    Cells whose key is already in the file are skipped unless their recorded attack parameters
+    differ from today's presets (then they are run again and replace the stale record);
+    ``replace=True`` recomputes every cell. The file is rewritten after every cell.
+    ``shard=(i, k)`` keeps every k-th cell starting at i (to spread a grid over
     machines: give each shard its own file and merge them with ``table``); ``limit`` caps the
     cells run.
     """
@@ -643,7 +663,7 @@ def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int 
             raise ValueError(f"Shard {index}/{count} is not valid: need 0 <= i < k.")
         cells = cells[index::count]
     records = load_results(out_path)
-    done = {r.get("key") for r in records}
+    done = {r.get("key") for r, c in _recorded(records, cells) if is_current(r, c)}
     summary = RunSummary(records=records)
     todo = cells if replace else [c for c in cells if c.key not in done]
     summary.skipped = [] if replace else [c.key for c in cells if c.key in done]

@@ -19,7 +19,7 @@
 #               hybrid-full"]
 #   FULL_MODELS hybrids that also get PGD-100, APGD-CE/-DLR, Square-5000, the differentiable mode and the EOT
 #               attacks (autoattack-rand, eot-pgd) ["hybrid-full"]
-#   N           points per paper cell [1000];  N_ADAPTIVE [250];  N_EOT [100];  N_SWEEP [200]
+#   N           points per paper cell [1000];  N_ADAPTIVE [200];  N_EOT [100];  N_SWEEP [100]
 #   SEED [0]  THREADS [2]  OUT [results]  EXTRA (more evaluate options, e.g. "--limit 3" or "--shard 0/4")
 # Example, a tiny slice:  STAGES=paper DATASETS=mnist MODELS=classical N=20 EXTRA="--source samples" \
 #                         bash scripts/run_results.sh
@@ -31,7 +31,7 @@ DATASETS=${DATASETS:-mnist organamnist cifar10}
 MODELS=${MODELS:-classical hybrid-none hybrid-linear hybrid-star hybrid-full}
 HYBRIDS=${HYBRIDS:-hybrid-none hybrid-linear hybrid-star hybrid-full}
 FULL_MODELS=${FULL_MODELS:-hybrid-full}
-N=${N:-1000}; N_ADAPTIVE=${N_ADAPTIVE:-250}; N_EOT=${N_EOT:-100}; N_SWEEP=${N_SWEEP:-200}
+N=${N:-1000}; N_ADAPTIVE=${N_ADAPTIVE:-200}; N_EOT=${N_EOT:-100}; N_SWEEP=${N_SWEEP:-100}
 SEED=${SEED:-0}; THREADS=${THREADS:-2}; OUT=${OUT:-results}; EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 failed=0

@@ -195,6 +195,12 @@ def test_run_cells_is_resumable_and_limitable(tmp_path, model_dir):
     assert [r["key"] for r in load_results(out)] == [c.key for c in cells]
     shard = run_cells(cells, tmp_path / "shard.json", shard=(1, 2), progress=False, log=None, model_dir=model_dir)
     assert shard.ran == [cells[1].key]
+    records = load_results(out)
+    records[1]["params"]["eps"] = 0.2  # recorded with another preset than today's: stale, so run again
+    out.write_text(json.dumps({"records": records}))
+    third = run_cells(cells, out, progress=False, log=None, model_dir=model_dir)
+    assert third.ran == [cells[1].key] and len(load_results(out)) == 3
+    assert load_results(out)[1]["params"]["eps"] == pytest.approx(0.05)
 
 
 def test_plan_cells_validates_and_filters():
