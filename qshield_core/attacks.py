@@ -97,16 +97,16 @@ class CarliniWagnerL2(Attack):
     Distance Measure : L2 (minimal-norm; no eps bound)
 
     torchattacks' ``CW`` optimises one fixed ``c`` with Adam: with the paper's lr 0.05 and 5
-    iterations it barely moves an image (1.5 % ASR on the shipped MNIST CNN, against the paper's
-    89.8 %). ART instead takes plain gradient steps in tanh space with a line search (the step is
-    halved until the loss drops, then doubled while it keeps dropping, at most ``max_halving`` and
-    ``max_doubling`` times), restarts from the clean image at each of ``binary_search_steps``
-    values of ``c``, and moves each sample's ``c``: halfway down towards its lower bound after a
-    success, doubled after failures until the first success, then raised halfway. The smallest-L2
-    successful example is kept; unsuccessful samples are returned unchanged. Differences from ART:
-    one backward pass of the margin per gradient (ART differentiates the two logits separately), and
-    the lower bound after a failure is the constant *before* the update (ART's array aliasing makes
-    it the constant after).
+    iterations it barely moves an image (1.5 % ASR on the shipped MNIST CNN even inside a binary
+    search over ``c``, against the paper's 89.8 %; this class: 79.9 %, n = 1000). ART instead takes
+    plain gradient steps in tanh space with a line search (the step is halved until the loss drops,
+    then doubled while it keeps dropping, at most ``max_halving`` and ``max_doubling`` times),
+    restarts from the clean image at each of ``binary_search_steps`` values of ``c``, and moves each
+    sample's ``c``: halfway down towards its lower bound after a success, doubled after failures
+    until the first success, then raised halfway. The smallest-L2 successful example is kept;
+    unsuccessful samples are returned unchanged. Differences from ART: one backward pass of the
+    margin per gradient (ART differentiates the two logits separately), and the lower bound after a
+    failure is the constant *before* the update (ART's array aliasing makes it the constant after).
 
     Arguments:
         model (nn.Module): model to attack (logits out).

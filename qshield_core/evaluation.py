@@ -919,14 +919,18 @@ def _section_cost(records: list[dict], paper: dict | None) -> str:
             "cost no circuit runs (see `projected_circuit_executions`).\n\n" + _table(header, rows))
 
 
+SINGLE_STEP = ("fgsm",)
+"""Attacks with one gradient step: they may saturate below 100 % however large eps is."""
+
+
 def _section_sanity(records: list[dict]) -> str:
     parts = []
     sweep_rows = []
     groups: dict[tuple, list[dict]] = {}
-    for r in records:
+    for r in records:  # one series per sweep: same points (n), attack and model
         if r.get("asr") is not None and r["eps"] is not None:
-            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", _attack_label(r)), []).append(r)
-    for (dataset, model, mode, _label), rs in sorted(groups.items()):
+            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", _attack_label(r), r["n"]), []).append(r)
+    for (dataset, model, mode, _label, _n), rs in sorted(groups.items()):
         by_eps = {}
         for r in rs:
             by_eps[round(r["eps"], 6)] = r
@@ -935,11 +939,18 @@ def _section_sanity(records: list[dict]) -> str:
         ordered = [by_eps[e] for e in sorted(by_eps)]
         series = ", ".join(f"{_eps_text(r['eps'])}: {_pct(r['asr'], 0)}" for r in ordered)
         top = ordered[-1]["asr"]
+        if top >= 0.95:
+            verdict = "yes"
+        elif ordered[-1]["attack"] in SINGLE_STEP:
+            verdict = f"no ({_pct(top)}): one step, not expected to"
+        else:
+            verdict = f"**no** ({_pct(top)})"
         sweep_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""),
-                           _attack_label(ordered[-1]), series, "yes" if top >= 0.95 else f"**no** ({_pct(top)})"])
+                           _attack_label(ordered[-1]), _n, series, verdict])
     if sweep_rows:
-        parts.append("### ASR (%) as epsilon grows\n\n" + _table(
-            ["dataset", "model", "attack", "ASR by eps", "reaches >= 95 %"], sweep_rows))
+        parts.append("### ASR (%) as epsilon grows\n\nAn iterative attack should reach nearly 100 % on every model "
+                     "once eps is large; one that stalls below it points to masked gradients.\n\n" + _table(
+                         ["dataset", "model", "attack", "n", "ASR by eps", "reaches >= 95 %"], sweep_rows))
     iter_rows = []
     iterative = ("pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce")
     keyed: dict[tuple, dict[str, dict]] = {}

@@ -242,6 +242,21 @@ def test_markdown_puts_the_paper_next_to_ours():
     assert "## All cells" in text
 
 
+def test_sanity_section_flags_an_iterative_attack_that_stalls():
+    sweep = [0.05, 0.1, 0.2, 0.3]
+    records = ([_record("classical", "apgd-ce", a, eps=e) for a, e in zip((0.5, 0.9, 1.0, 1.0), sweep, strict=True)]
+               + [_record("hybrid-full", "apgd-ce", a, eps=e, mode="paper")
+                  for a, e in zip((0.3, 0.5, 0.6, 0.6), sweep, strict=True)]
+               + [_record("classical", "fgsm", a, eps=e) for a, e in zip((0.2, 0.5, 0.7, 0.8), sweep, strict=True)])
+    text = render_markdown(records)
+    section = text.split("### ASR (%) as epsilon grows")[1].split("###")[0]
+    rows = {" ".join(line.split(" | ")[1:3]): line for line in section.splitlines() if line.startswith("| MNIST")}
+    assert rows["classical APGD-CE"].endswith("| yes |")
+    assert rows["hybrid-full (paper) APGD-CE"].endswith("| **no** (60.0) |"), "masking-like stall, flagged"
+    assert "one step, not expected to" in rows["classical FGSM"]
+    assert "| 20.0 | 50.0 (APGD-CE) | yes |" in text, "iterative >= FGSM at eps 0.05"
+
+
 def _merge_many(path: str, prefix: str, count: int) -> None:
     for i in range(count):
         merge_record(path, {"key": f"{prefix}{i}", "attack": "none"})
