@@ -248,4 +248,4 @@ def input_gradient_norm(model: nn.Module, images: torch.Tensor, labels: torch.Te
     x = images.clone().requires_grad_(True)
     loss = F.cross_entropy(model(x), labels, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
-    return float(grad.flatten(1).norm(dim=1).mean()) if math.isfinite(float(loss)) else float("nan")
+    return float(grad.flatten(1).norm(dim=1).mean()) if math.isfinite(loss.item()) else float("nan")
