@@ -732,11 +732,9 @@ def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
     groups = sorted({(r["dataset"], r["model"], r.get("grad_mode")) for r in adaptive})
     for dataset, model, mode in groups:
         spec = get_spec(dataset)
-        at_eps = [r for r in records if r.get("dataset") == dataset and r.get("model") == model
-                  and r.get("grad_mode") == mode and r.get("asr") is not None and r.get("eps") is not None
-                  and abs(float(r["eps"]) - spec.paper_eps) < 1e-9]
-        pgd = max((r for r in at_eps if r["attack"] == "pgd" and _preset(r)), key=lambda r: r["n"], default=None)
-        strongest = max((r for r in at_eps if r.get("suite") == "adaptive"), key=lambda r: r["asr"], default=None)
+        mine = [r for r in records if r.get("dataset") == dataset and r.get("model") == model
+                and r.get("grad_mode") == mode]
+        pgd, _, strongest = evaluation.strongest_attacks(mine, dataset)
         if strongest is None:
             continue
         rows.append({
