@@ -5,13 +5,19 @@ shared sidebar first, through ``pages/_shared.py``) and every computation in ``q
 """
 
 import streamlit as st
-import torch
+
+st.set_page_config(page_title="QShield", page_icon=":material/shield:", layout="wide")
+
+# The first visit after the server starts imports PyTorch, torchattacks and Plotly (several seconds on a
+# small CPU): say so at once instead of showing a blank page. Later reruns find them imported.
+with st.spinner("Starting QShield: loading PyTorch and the attack library (first visit only)…"):
+    import torch
+
+    from pages import _shared  # noqa: F401  (imports qshield_core)
 
 # One intra-op thread per computation: a click attacks one image (tiny tensors), and concurrent sessions
 # already run in parallel threads; two OpenMP threads per op only contend on a 2-core machine.
 torch.set_num_threads(1)
-
-st.set_page_config(page_title="QShield", page_icon=":material/shield:", layout="wide")
 
 PAGES = [
     st.Page("pages/attack_lab.py", title="Attack Lab", icon=":material/swords:", default=True),
