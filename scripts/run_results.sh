@@ -3,8 +3,9 @@
 #   results/paper-reproduction.json (+ .md)  the paper's protocol: clean accuracy and gradient norms (both modes),
 #                                            then its 8 attacks at its epsilon, every model, hybrids in paper mode
 #   results/adaptive.json                    the adaptive attacks at the paper's and the common epsilon
-#                                            (measured on this 2-core CPU, idle: paper stage about 5 h, adaptive
-#                                            about 6-7 h, sanity about 30 min; spread it with EXTRA="--shard i/k")
+#                                            (on this 2-core CPU, 1 thread a process: a paper-suite model takes
+#                                            5-25 min, AutoAttack on a CIFAR-10 hybrid 10-30 min a cell, the
+#                                            sanity stage about 30 min; spread it with EXTRA="--shard i/k")
 #   results/sanity.json                      ASR against epsilon (FGSM, APGD-CE) for the CNN and hybrid-full
 #   results/adaptive.md                      tables of all three files together
 #
@@ -15,8 +16,8 @@
 #   STAGES      which stages to run            ["paper adaptive sanity"]
 #   DATASETS    datasets                       ["mnist organamnist cifar10"]
 #   MODELS      models of the paper stage      ["classical hybrid-none hybrid-linear hybrid-star hybrid-full"]
-#   HYBRIDS     hybrids of the adaptive stage (AutoAttack, BPDA, transfer) ["hybrid-none hybrid-linear hybrid-star
-#               hybrid-full"]
+#   HYBRIDS     hybrids of the adaptive stage (APGD-CE, transfer, AutoAttack, BPDA) ["hybrid-none hybrid-linear
+#               hybrid-star hybrid-full"]
 #   FULL_MODELS hybrids that also get PGD-100, APGD-CE/-DLR, Square-5000, the differentiable mode and the EOT
 #               attacks (autoattack-rand, eot-pgd) ["hybrid-full"]
 #   N           points per paper cell [1000];  N_ADAPTIVE [200];  N_EOT [100];  N_SWEEP [100]
@@ -69,9 +70,9 @@ if has "$STAGES" adaptive; then
     run --dataset "$d" --model classical --attack apgd-ce autoattack --eps $eps --n "$N_ADAPTIVE" \
         --json "$OUT/adaptive.json"
     for m in $HYBRIDS; do
-      # every hybrid: AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000), BPDA and transfer, in the paper's mode
+      # every hybrid: APGD-CE, transfer, AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000) and BPDA, paper mode
       # shellcheck disable=SC2086
-      run --dataset "$d" --model "$m" --grad-mode paper --attack autoattack bpda transfer-classical --eps $eps \
+      run --dataset "$d" --model "$m" --grad-mode paper --attack apgd-ce transfer-classical autoattack bpda --eps $eps \
           --n "$N_ADAPTIVE" --json "$OUT/adaptive.json"
       if has "$FULL_MODELS" "$m"; then
         # the full set: each white-box and score-based attack on its own, the differentiable twin, and EOT
