@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 setup: $(VENV)/.installed  ## create .venv and install everything
 
 run: setup  ## start the Streamlit app on the shipped models and samples
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true
+	$(PY) scripts/serve.py --server.port $(PORT) --server.headless true
 
 test: setup  ## lint, then the whole test suite (browser tests need Debian's chromium)
 	$(VENV)/bin/ruff check .

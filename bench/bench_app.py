@@ -2,7 +2,8 @@
 
 Measures, in one run, on this machine:
 
-1. **Server start to first page**: ``streamlit run app.py`` is started (clock starts), headless
+1. **Server start to first page**: the server is started as ``make run`` does it (``scripts/serve.py``;
+   ``--launcher streamlit`` for plain ``streamlit run app.py``; clock starts), headless
    Chromium (already running) opens the app as soon as the server answers, and the clock stops
    when the Attack Lab has drawn its first result (both models' verdicts) and finished its run.
    The moments the server answered and the page title appeared are printed too.
@@ -77,15 +78,16 @@ def bench_attack(images: int) -> None:
                   f"{max(times):>8.3f}  {verdict}")
 
 
-def bench_browser(clicks: int) -> None:
+def bench_browser(clicks: int, launcher: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    print("\n## Server start to first page rendered (headless Chromium)")
+    how = "make run: scripts/serve.py" if launcher == "serve" else "streamlit run app.py"
+    print(f"\n## Server start to first page rendered (headless Chromium; {how})")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(**launch_options())
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         started = time.perf_counter()
-        with streamlit_server() as (url, _, healthy_after):
+        with streamlit_server(launcher=launcher) as (url, _, healthy_after):
             page.goto(url)
             title = page.get_by_role("heading", name="Attack Lab").first
             title.or_(page.get_by_text("Starting QShield")).first.wait_for(timeout=300_000)
@@ -126,11 +128,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
+    parser.add_argument("--launcher", choices=["serve", "streamlit"], default="serve",
+                        help="start the server as make run does (serve) or with plain streamlit run")
     args = parser.parse_args()
     print(f"QShield app benchmark: torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, "
           f"Chromium {CHROMIUM}")
     if not args.no_browser:
-        bench_browser(args.clicks)
+        bench_browser(args.clicks, args.launcher)
     bench_attack(args.images)
 
 

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -1040,7 +1041,7 @@ def render_markdown(records: list[dict], paper: dict | None = None, title: str |
 def command_line() -> str:
     """The command that is running, as ``python -m qshield_core ...`` when launched that way."""
     argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv
-    return "python -m qshield_core " + " ".join(argv)
+    return "python -m qshield_core " + shlex.join(argv)
 
 
 __all__ = [

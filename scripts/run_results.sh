@@ -101,7 +101,7 @@ fi
 tables=()
 for f in paper-reproduction adaptive sanity; do [[ -f $OUT/$f.json ]] && tables+=("$OUT/$f.json"); done
 if [[ -f $OUT/paper-reproduction.json ]]; then
-  $PY -m qshield_core table "$OUT/paper-reproduction.json" --title "QShield: the paper's protocol, reproduced" \
+  $PY -m qshield_core table "$OUT/paper-reproduction.json" --title "QShield: the paper protocol, reproduced" \
       --out "$OUT/paper-reproduction.md"
 fi
 if ((${#tables[@]} > 1)); then

@@ -62,12 +62,17 @@ def healthy(url: str) -> bool:
 
 
 @contextmanager
-def streamlit_server(env: dict | None = None, log_path: Path | None = None):
-    """Start ``streamlit run app.py`` on a free port; yield (url, process, seconds until healthy)."""
+def streamlit_server(env: dict | None = None, log_path: Path | None = None, launcher: str = "streamlit"):
+    """Start the app on a free port; yield (url, process, seconds until healthy).
+
+    ``launcher="streamlit"`` runs ``streamlit run app.py``; ``"serve"`` runs ``scripts/serve.py``
+    (what ``make run`` uses: the same server, with the heavy imports started while it boots).
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    start = ["scripts/serve.py"] if launcher == "serve" else ["-m", "streamlit", "run", "app.py"]
+    command = [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log,
