@@ -44,7 +44,7 @@ st.markdown(
 
 st.subheader("The honest caveat: gradient masking")
 st.markdown(
-    f"""
+    """
 Most attacks follow the model's **gradient**: they ask "which small change of the pixels raises the
 error fastest?". The paper's published code computes the quantum branch in a way that **hides it from
 the gradient**, and draws a **new random projection at every call**. Attacks that follow the gradient
@@ -59,8 +59,6 @@ This app therefore offers two **gradient modes** of the same trained weights:
 - `differentiable`: a fixed projection and real gradients through the simulated circuit. This is the
   model an informed attacker uses: white-box attacks on it, examples **transferred** to the `paper`
   model (BPDA), expectation over the random projection (EOT), and gradient-free attacks (Square).
-
-{ui.GRAD_MODE_HELP}
 """
 )
 
