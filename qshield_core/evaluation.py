@@ -383,6 +383,11 @@ def cell_key(dataset: str, model: str, grad_mode: str | None, attack: str, eps: 
             f"/n={n}/seed={seed}/{backend}/{source}")
 
 
+def is_preset_budget(record: dict) -> bool:
+    """Whether a record ran its attack's preset budget (no ``--steps`` override in its cell key)."""
+    return "/steps=preset/" in record.get("key", "/steps=preset/")
+
+
 def normalise_grad_mode(model_name: str, grad_mode: str | None) -> str | None:
     """None for the classical CNN (no gradient modes), the mode (default ``paper``) for hybrids."""
     return None if model_name == "classical" else (grad_mode or "paper")
@@ -597,10 +602,16 @@ def load_results(path: str | os.PathLike) -> list[dict]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"Results file {path} is not valid JSON ({err}).") from None
-    records = data.get("records") if isinstance(data, dict) else data
-    if not isinstance(records, list):
+    records = records_of(data)
+    if records is None:
         raise ValueError(f"Results file {path} has no list of records.")
     return records
+
+
+def records_of(data) -> list | None:
+    """The records of a parsed results file (a list, or ``{"records": [...]}``); None for other JSON."""
+    records = data.get("records") if isinstance(data, dict) else data
+    return records if isinstance(records, list) else None
 
 
 def save_results(path: str | os.PathLike, records: list[dict]) -> None:
@@ -759,7 +770,7 @@ def _attack_label(r: dict) -> str:
     """The attack's display name, with a steps override when the record did not use the preset."""
     name = ATTACKS[r["attack"]].display_name if r["attack"] in ATTACKS else r["attack"]
     key = r.get("key", "")
-    if "/steps=" in key and "/steps=preset/" not in key:
+    if "/steps=" in key and not is_preset_budget(r):
         name += f" [steps={key.split('/steps=')[1].split('/')[0]}]"
     return name
 
@@ -793,7 +804,7 @@ def _paper_protocol(records: list[dict], dataset: str) -> list[dict]:
     eps = get_spec(dataset).paper_eps
     return [r for r in records if r["dataset"] == dataset and r["attack"] in PAPER_ATTACKS
             and r.get("grad_mode") in (None, "paper") and (r["eps"] is None or _same(r["eps"], eps))
-            and "/steps=preset/" in r["key"]]
+            and is_preset_budget(r)]
 
 
 def _section_paper(records: list[dict], paper: dict | None) -> str:
@@ -874,7 +885,7 @@ def strongest_attacks(records: list[dict], dataset: str) -> tuple[dict | None, d
     at_paper = [r for r in records if r.get("eps") is not None and _same(r["eps"], eps) and r.get("asr") is not None]
     paper_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "paper")
     adapt_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "adaptive")
-    pgd = _best(r for r in paper_side if r["attack"] == "pgd" and "/steps=preset/" in r.get("key", ""))
+    pgd = _best(r for r in paper_side if r["attack"] == "pgd" and is_preset_budget(r))
     return (pgd, max(paper_side, key=lambda r: r["asr"], default=None),
             max(adapt_side, key=lambda r: r["asr"], default=None))
 

@@ -482,7 +482,6 @@ class Sweep:
     cancelled: bool = False
 
 
-
 def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str], eps_values: Sequence[float], n: int,
           *, twin: LoadedModel | None = None, classical: LoadedModel | None = None, seed: int = 0,
           progress: Progress | None = None, cancel: threading.Event | None = None, app_budget: bool = True,
@@ -572,18 +571,13 @@ def load_results(directory: Path | None = None) -> tuple[list[dict], list[str]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             problems.append(f"Results file {path.name} could not be read ({err}).")
             continue
-        rows = data.get("records") if isinstance(data, dict) else data
-        if isinstance(rows, list):
-            records.extend(dict(r, source_file=path.name) for r in rows if isinstance(r, dict) and "attack" in r)
+        rows = evaluation.records_of(data) or []
+        records.extend(dict(r, source_file=path.name) for r in rows if isinstance(r, dict) and "attack" in r)
     return records, problems
 
 
 def model_label(model: str, grad_mode: str | None) -> str:
     return model if not grad_mode else f"{model} ({grad_mode})"
-
-
-def _preset(record: dict) -> bool:
-    return "/steps=preset/" in record.get("key", "/steps=preset/")
 
 
 def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.DataFrame:
@@ -596,7 +590,7 @@ def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.Dat
         if r.get("eps") is None or "robust_accuracy" not in r or (dataset and r.get("dataset") != dataset):
             continue
         identity = (r["dataset"], r["model"], r.get("grad_mode"), r["attack"], round(float(r["eps"]), 6))
-        rank = (_preset(r), r.get("n", 0))
+        rank = (evaluation.is_preset_budget(r), r.get("n", 0))
         if identity not in rows or rank > rows[identity][0]:
             rows[identity] = (rank, r)
     out = []
@@ -669,7 +663,7 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
         if r.get("dataset") != dataset or "seconds_per_image" not in r or r.get("attack") in (None, "none"):
             continue
         eps = None if r.get("eps") is None else round(float(r["eps"]), 6)
-        identity = (r["model"], r.get("grad_mode"), r["attack"], eps, _preset(r))
+        identity = (r["model"], r.get("grad_mode"), r["attack"], eps, evaluation.is_preset_budget(r))
         if identity not in chosen or r.get("n", 0) > chosen[identity].get("n", 0):
             chosen[identity] = r
     for (model, mode, attack, eps, preset), hyb in chosen.items():
