@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +12,12 @@ import torch
 
 from .data import DataError
 from .zoo import ModelUnavailableError
+
+
+def command_line() -> str:
+    """The command that is running, as ``python -m qshield_core ...`` when launched that way."""
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv
+    return "python -m qshield_core " + shlex.join(argv)
 
 
 def _add_train(sub) -> None:
@@ -95,7 +102,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import command_line, load_results, plan_cells, render_markdown, run_cells
+    from .evaluation import load_results, plan_cells, run_cells
+    from .report import render_markdown
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,23 +137,36 @@ def _add_table(sub) -> None:
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.add_argument("--paper", type=Path, help="the paper's figures (default: qshield-paper-results.json)")
     p.add_argument("--title")
+    p.add_argument("--readme", type=Path, help="also update the summary tables between the <!-- qshield:NAME --> "
+                   "markers of this file (e.g. README.md)")
     p.set_defaults(func=_cmd_table)
 
 
-def _cmd_table(args) -> int:
-    from .evaluation import command_line, load_paper_results, load_results, render_markdown
+def _merged_records(paths: list[Path]) -> list[dict]:
+    from .evaluation import load_results
 
     records, seen = [], set()
-    for path in args.json:
+    for path in paths:
         if not path.is_file():
             raise ValueError(f"Results file not found: {path}")
         for record in load_results(path):
             if record.get("key") not in seen:
                 seen.add(record.get("key"))
                 records.append(record)
+    return records
+
+
+def _cmd_table(args) -> int:
+    from .report import load_paper_results, readme_blocks, render_markdown, update_marked_blocks
+
+    records = _merged_records(args.json)
     paper = load_paper_results(args.paper)
     if args.paper and paper is None:
         raise ValueError(f"Paper results file not found: {args.paper}")
+    if args.readme:  # checked before anything is written, so a bad --readme loses nothing
+        if not args.readme.is_file():
+            raise ValueError(f"File to update not found: {args.readme}")
+        updated = update_marked_blocks(args.readme.read_text(), readme_blocks(records, paper))
     text = render_markdown(records, paper=paper, title=args.title, command=command_line())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +174,9 @@ def _cmd_table(args) -> int:
         print(f"wrote {args.out} ({len(records)} records)")
     else:
         print(text, end="")
+    if args.readme:
+        args.readme.write_text(updated)
+        print(f"updated the tables of {args.readme}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: attacks with counted cost, robustness metrics with intervals, resumable runs, tables.
+"""Evaluation: attacks with counted cost, robustness metrics with intervals, resumable runs.
 
 One *cell* is (dataset, model, gradient mode, attack, epsilon, n, seed): a seeded, class-balanced
 set of test points, attacked in batches, measured, and written as one JSON record. Cells are
@@ -28,8 +28,6 @@ import math
 import os
 import platform
 import random
-import shlex
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,26 +41,18 @@ from tqdm.auto import tqdm
 
 from .attacks import (
     ATTACKS,
-    PAPER_ATTACKS,
     build_from_params,
     expand_attacks,
     get_attack,
     resolve_params,
     validate_eps,
 )
-from .data import REPO_ROOT, dataset_available, get_spec, list_samples, load_samples, load_split
+from .data import dataset_available, get_spec, list_samples, load_samples, load_split
 from .models import QShieldHybrid, input_gradient_norm
 
 SCHEMA = "qshield.results/1"
 DEFAULT_SHOTS = 1000
 EVAL_SEED_OFFSET = 7919
-PAPER_RESULTS_CANDIDATES = (
-    REPO_ROOT / "assets" / "paper" / "qshield-paper-results.json",
-    REPO_ROOT.parent / "shared" / "paper" / "qshield-paper-results.json",
-)
-PAPER_MODELS = {"CNN": "classical", "HQCNN-None": "hybrid-none", "HQCNN-Linear": "hybrid-linear",
-                "HQCNN-Star": "hybrid-star", "HQCNN-Full": "hybrid-full"}
-PAPER_DATASETS = {"MNIST": "mnist", "OrganAMNIST": "organamnist", "CIFAR-10": "cifar10"}
 PROTOCOL_NOTE = (
     "robust accuracy = correct before and after the attack, over all n points; ASR = misclassified after the "
     "attack among the points correct before it; 95 % Wilson intervals; in the stochastic paper mode the clean "
@@ -692,14 +682,25 @@ def run_cells(cells: Iterable[Cell], out_path: str | os.PathLike, *, limit: int 
     return summary
 
 
+def format_percent(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage with ``digits`` decimals ("n/a" when missing)."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def format_interval(ci: Sequence[float] | None) -> str:
+    """A 95 % interval as "[lo, hi]" in percent ("" when missing)."""
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def summary_line(r: dict) -> str:
     """One line per record for the console."""
     head = f"{r['dataset']} {r['model']}{'/' + r['grad_mode'] if r['grad_mode'] else ''} {r['attack']}"
     if r.get("eps") is not None:
         head += f" eps={r['eps_255']:g}/255"
-    text = f"{head}: clean {_pct(r['clean_accuracy'])}"
+    text = f"{head}: clean {format_percent(r['clean_accuracy'])}"
     if "robust_accuracy" in r:
-        text += (f", robust {_pct(r['robust_accuracy'])}, ASR {_pct(r['asr'])} {_ci(r['asr_ci'])}, "
+        text += (f", robust {format_percent(r['robust_accuracy'])}, ASR {format_percent(r['asr'])} "
+                 f"{format_interval(r['asr_ci'])}, "
                  f"{r['seconds_per_image'] * 1000:.1f} ms/img, {r['forwards_per_image']:.1f} fwd + "
                  f"{r['backwards_per_image']:.1f} bwd/img")
     elif r.get("input_gradient_norm") is not None:
@@ -707,357 +708,10 @@ def summary_line(r: dict) -> str:
     return text + f" (n={r['n']})"
 
 
-# --------------------------------------------------------------------------- Markdown
-
-
-def load_paper_results(path: str | os.PathLike | None = None) -> dict | None:
-    """The paper's published figures (``qshield-paper-results.json``), or None when not found."""
-    for candidate in ([Path(path)] if path else PAPER_RESULTS_CANDIDATES):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
-
-
-def paper_asr(paper: dict) -> dict[tuple[str, str, str], float]:
-    """{(dataset, model, attack): ASR as a fraction} in our names, from the paper's table."""
-    table = paper["attack_success_rate_percent"]["values"]
-    out = {}
-    for pd, dataset in PAPER_DATASETS.items():
-        if pd not in table:
-            continue
-        for mi, pm in enumerate(paper["models"]):
-            if pm not in PAPER_MODELS:
-                continue
-            for ai, pa in enumerate(paper["attacks"]):
-                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
-                if attack is not None:
-                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai] / 100
-    return out
-
-
-def paper_attack_seconds(paper: dict) -> dict[tuple[str, str, str], float]:
-    """{(dataset, model, attack): the paper's attack wall time in seconds for its subset}."""
-    table = paper["attack_seconds"]["values"]
-    out = {}
-    for pd, dataset in PAPER_DATASETS.items():
-        if pd not in table:
-            continue
-        for mi, pm in enumerate(paper["models"]):
-            for ai, pa in enumerate(paper["attacks"]):
-                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
-                if pm in PAPER_MODELS and attack is not None:
-                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai]
-    return out
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def _ci(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-
-
-def _eps_text(eps: float | None) -> str:
-    return "-" if eps is None else f"{eps * 255:.3g}/255"
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    return a is not None and b is not None and abs(a - b) < 1e-9
-
-
-def _attack_label(r: dict) -> str:
-    """The attack's display name, with a steps override when the record did not use the preset."""
-    name = ATTACKS[r["attack"]].display_name if r["attack"] in ATTACKS else r["attack"]
-    key = r.get("key", "")
-    if "/steps=" in key and not is_preset_budget(r):
-        name += f" [steps={key.split('/steps=')[1].split('/')[0]}]"
-    return name
-
-
-def _model_label(r: dict) -> str:
-    return r["model"] + (f" ({r['grad_mode']})" if r.get("grad_mode") else "")
-
-
-def _best(records: Iterable[dict]) -> dict | None:
-    """Among records of the same cell identity, the one with the most points."""
-    records = list(records)
-    return max(records, key=lambda r: r["n"]) if records else None
-
-
-def _largest_per_attack(records: Iterable[dict]) -> list[dict]:
-    """For each attack, its record on the most points (a quick sweep never outranks the full cell)."""
-    by_attack: dict[str, list[dict]] = {}
-    for r in records:
-        by_attack.setdefault(r["attack"], []).append(r)
-    return [_best(rs) for rs in by_attack.values()]
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _paper_protocol(records: list[dict], dataset: str) -> list[dict]:
-    """Paper-suite records at the paper's eps, in the paper's mode, default parameters."""
-    eps = get_spec(dataset).paper_eps
-    return [r for r in records if r["dataset"] == dataset and r["attack"] in PAPER_ATTACKS
-            and r.get("grad_mode") in (None, "paper") and (r["eps"] is None or _same(r["eps"], eps))
-            and is_preset_budget(r)]
-
-
-def _section_paper(records: list[dict], paper: dict | None) -> str:
-    reference = paper_asr(paper) if paper else {}
-    parts, disagreements = [], []
-    for dataset in PAPER_DATASETS.values():
-        mine = _paper_protocol(records, dataset)
-        if not mine:
-            continue
-        spec = get_spec(dataset)
-        rows, shown = [], []
-        for model in PAPER_MODELS.values():
-            cells = []
-            for attack in PAPER_ATTACKS:
-                r = _best(x for x in mine if x["model"] == model and x["attack"] == attack)
-                shown += [] if r is None else [r]
-                ref = reference.get((dataset, model, attack))
-                ours = "-" if r is None else f"**{_pct(r['asr'])}** {_ci(r['asr_ci'])}"
-                cells.append(f"{_pct(ref)} / {ours}")
-                if r is not None and ref is not None and r["asr_ci"] and not r["asr_ci"][0] <= ref <= r["asr_ci"][1]:
-                    disagreements.append(f"- {spec.display_name}, {model}, {ATTACKS[attack].display_name}: paper "
-                                         f"{_pct(ref)} %, ours {_pct(r['asr'])} % {_ci(r['asr_ci'])} "
-                                         f"(n correct = {r['n_clean_correct']}).")
-            if any(c.split(" / ")[1] != "-" for c in cells):
-                rows.append([model, *cells])
-        n_text = sorted({r["n"] for r in shown})
-        parts.append(f"### {spec.display_name} (eps {_eps_text(spec.paper_eps)}, n = "
-                     f"{', '.join(map(str, n_text))} points per cell)\n\n"
-                     + _table(["model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)], rows))
-    if not parts:
-        return ""
-    text = ("## Paper protocol: attack success rate (%), paper / **ours** [95 % CI]\n\n"
-            "Hybrids in the paper's gradient mode; ASR among the points each model classifies correctly.\n\n"
-            + "\n\n".join(parts))
-    if disagreements:
-        text += "\n\nWhere the paper's figure lies outside our 95 % interval:\n\n" + "\n".join(disagreements)
-    return text
-
-
-def _union_robust(records: list[dict]) -> tuple[float, int, int] | None:
-    """Per-point worst case over attacks: a point is robust only if it survives every attack run on it.
-
-    Only records on the same points can be combined: the set of points with the most attacks is
-    used. Returns (robust accuracy, number of attacks, n) or None.
-    """
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        if "adv_correct" in (r.get("per_point") or {}):
-            groups.setdefault(r["points"]["indices_sha256"], []).append(r)
-    if not groups:
-        return None
-    usable = max(groups.values(), key=lambda rs: (len(rs), rs[0]["n"]))
-    n = usable[0]["n"]
-    robust = np.ones(n, dtype=bool)
-    for r in usable:
-        robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
-    return float(robust.mean()), len(usable), n
-
-
-def _autoattack_robust(records: list[dict], eps: float) -> str:
-    """The lower robust accuracy of AutoAttack standard and rand at ``eps`` (with its interval)."""
-    found = [r for r in records if r["attack"] in ("autoattack", "autoattack-rand") and _same(r["eps"], eps)]
-    worst = min(found, key=lambda r: r["robust_accuracy"], default=None)
-    if worst is None:
-        return "-"
-    tag = " (rand)" if worst["attack"] == "autoattack-rand" else ""
-    return f"{_pct(worst['robust_accuracy'])} {_ci(worst['robust_accuracy_ci'])}{tag}"
-
-
-def strongest_attacks(records: list[dict], dataset: str) -> tuple[dict | None, dict | None, dict | None]:
-    """For the records of one model at the dataset's paper eps: the paper-protocol PGD record, and
-    the paper-suite and adaptive records with the highest ASR.
-
-    Each attack is represented by its cell with the most points, so a quick sweep (e.g. the
-    sanity checks' n = 100) never outranks the full cell of the same attack.
-    """
-    eps = get_spec(dataset).paper_eps
-    at_paper = [r for r in records if r.get("eps") is not None and _same(r["eps"], eps) and r.get("asr") is not None]
-    paper_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "paper")
-    adapt_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "adaptive")
-    pgd = _best(r for r in paper_side if r["attack"] == "pgd" and is_preset_budget(r))
-    return (pgd, max(paper_side, key=lambda r: r["asr"], default=None),
-            max(adapt_side, key=lambda r: r["asr"], default=None))
-
-
-def _section_adaptive(records: list[dict]) -> str:
-    adaptive = [r for r in records if r.get("suite") == "adaptive"]
-    if not adaptive:
-        return ""
-    rows = []
-    groups = sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive})
-    for dataset, model, mode in groups:
-        spec = get_spec(dataset)
-        mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
-                and (r["grad_mode"] or "") == mode and r.get("suite")]
-        at_paper = [r for r in mine if r["eps"] is None or _same(r["eps"], spec.paper_eps)]
-        pgd, strongest_paper, strongest = strongest_attacks(mine, dataset)
-
-        union = _union_robust([r for r in at_paper if r["eps"] is not None])
-        rows.append([
-            spec.display_name, model + (f" ({mode})" if mode else ""),
-            "-" if pgd is None else f"{_pct(pgd['asr'])} {_ci(pgd['asr_ci'])}",
-            "-" if strongest_paper is None else f"{_pct(strongest_paper['asr'])} ({strongest_paper['attack']})",
-            "-" if strongest is None
-            else f"**{_pct(strongest['asr'])}** {_ci(strongest['asr_ci'])} ({strongest['attack']})",
-            _autoattack_robust(mine, spec.paper_eps), _autoattack_robust(mine, spec.common_eps),
-            "-" if union is None else f"{_pct(union[0])} ({union[1]} attacks, n = {union[2]})",
-        ])
-    header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
-              "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",
-              "robust acc, worst case over all attacks @ paper eps"]
-    return ("## Adaptive attacks\n\nASR and robust accuracy in % [95 % CI]; paper eps: MNIST 32/255, OrganAMNIST "
-            "8/255, CIFAR-10 2/255; common eps: MNIST 0.3, the others 8/255. The worst case counts a point as "
-            "robust only if it survives every attack run on it.\n\n" + _table(header, rows))
-
-
-def _section_cost(records: list[dict], paper: dict | None) -> str:
-    ref = paper_attack_seconds(paper) if paper else {}
-    rows = []
-    for dataset in PAPER_DATASETS.values():
-        mine = _paper_protocol(records, dataset)
-        for attack in PAPER_ATTACKS:
-            cnn = _best(r for r in mine if r["model"] == "classical" and r["attack"] == attack)
-            hyb = _best(r for r in mine if r["model"] == "hybrid-full" and r["attack"] == attack)
-            if cnn is None or hyb is None:
-                continue
-            p_cnn, p_hyb = ref.get((dataset, "classical", attack)), ref.get((dataset, "hybrid-full", attack))
-            proj = hyb.get("projected_circuit_executions") or {}
-            rows.append([
-                get_spec(dataset).display_name, ATTACKS[attack].display_name,
-                f"{cnn['seconds_per_image'] * 1000:.2f}", f"{hyb['seconds_per_image'] * 1000:.2f}",
-                f"{hyb['seconds_per_image'] / max(cnn['seconds_per_image'], 1e-12):.2f}x",
-                f"{cnn['forwards_per_image']:.1f} / {cnn['backwards_per_image']:.1f}",
-                f"{hyb['forwards_per_image']:.1f} / {hyb['backwards_per_image']:.1f}",
-                "-" if "circuit_evaluations_per_image" not in proj else f"{proj['circuit_evaluations_per_image']:.3g}",
-                "-" if not (p_cnn and p_hyb) else f"{p_hyb / p_cnn:.0f}x",
-            ])
-    if not rows:
-        return ""
-    header = ["dataset", "attack", "CNN ms/img", "hybrid-full ms/img", "ours hybrid/CNN", "CNN fwd / bwd per img",
-              "hybrid fwd / bwd per img", "hybrid circuit runs per img (x shots)", "paper hybrid/CNN"]
-    return ("## Attacker cost (paper protocol, hybrid-full in paper mode)\n\nWall time of the attack per image on "
-            "this machine, and forward/backward passes per image counted through the model. Circuit runs: each "
-            "forward runs the circuit once; in paper mode no gradient goes through the circuit, so backward passes "
-            "cost no circuit runs (see `projected_circuit_executions`).\n\n" + _table(header, rows))
-
-
-SINGLE_STEP = ("fgsm",)
-"""Attacks with one gradient step: they may saturate below 100 % however large eps is."""
-
-
-def _section_sanity(records: list[dict]) -> str:
-    parts = []
-    sweep_rows = []
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:  # one series per sweep: same points (n), attack and model
-        if r.get("asr") is not None and r["eps"] is not None:
-            groups.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", _attack_label(r), r["n"]), []).append(r)
-    for (dataset, model, mode, _label, _n), rs in sorted(groups.items()):
-        by_eps = {}
-        for r in rs:
-            by_eps[round(r["eps"], 6)] = r
-        if len(by_eps) < 3:
-            continue
-        ordered = [by_eps[e] for e in sorted(by_eps)]
-        series = ", ".join(f"{_eps_text(r['eps'])}: {_pct(r['asr'], 0)}" for r in ordered)
-        top = ordered[-1]["asr"]
-        if top >= 0.95:
-            verdict = "yes"
-        elif ordered[-1]["attack"] in SINGLE_STEP:
-            verdict = f"no ({_pct(top)}): one step, not expected to"
-        else:
-            verdict = f"**no** ({_pct(top)})"
-        sweep_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""),
-                           _attack_label(ordered[-1]), _n, series, verdict])
-    if sweep_rows:
-        parts.append("### ASR (%) as epsilon grows\n\nAn iterative attack should reach nearly 100 % on every model "
-                     "once eps is large; one that stalls below it points to masked gradients.\n\n" + _table(
-                         ["dataset", "model", "attack", "n", "ASR by eps", "reaches >= 95 %"], sweep_rows))
-    iter_rows = []
-    iterative = ("pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce")
-    keyed: dict[tuple, dict[str, dict]] = {}
-    for r in records:
-        if r.get("asr") is not None and r["eps"] is not None:
-            keyed.setdefault((r["dataset"], r["model"], r["grad_mode"] or "", round(r["eps"], 6)), {})[r["attack"]] = r
-    for (dataset, model, mode, eps), by_attack in sorted(keyed.items()):
-        fgsm = by_attack.get("fgsm")
-        others = [by_attack[a] for a in iterative if a in by_attack]
-        if fgsm is None or not others:
-            continue
-        best = max(others, key=lambda r: r["asr"])
-        ok = best["asr"] >= fgsm["asr"]
-        overlap = best["asr_ci"] and fgsm["asr_ci"] and best["asr_ci"][1] >= fgsm["asr_ci"][0]
-        iter_rows.append([get_spec(dataset).display_name, model + (f" ({mode})" if mode else ""), _eps_text(eps),
-                          _pct(fgsm["asr"]), f"{_pct(best['asr'])} ({_attack_label(best)})",
-                          "yes" if ok else ("no, within the intervals" if overlap else "**no**")])
-    if iter_rows:
-        parts.append("### Iterative attacks vs FGSM (ASR %)\n\n" + _table(
-            ["dataset", "model", "eps", "FGSM", "best iterative", "iterative >= FGSM"], iter_rows))
-    grad_rows = []
-    for r in records:
-        if r["attack"] == "none" and r.get("input_gradient_norm") is not None:
-            grad_rows.append([get_spec(r["dataset"]).display_name, _model_label(r), f"{r['input_gradient_norm']:.4g}",
-                              "-" if r.get("mean_alpha") is None else f"{r['mean_alpha']:.3f}", str(r["n"])])
-    if grad_rows:
-        parts.append("### Input-gradient norm (mean L2 of d loss / d input) and fusion weight alpha\n\n" + _table(
-            ["dataset", "model (mode)", "input-gradient norm", "mean alpha", "n"], grad_rows))
-    return "## Sanity checks\n\n" + "\n\n".join(parts) if parts else ""
-
-
-def _section_all(records: list[dict]) -> str:
-    rows = []
-    for r in sorted(records, key=lambda r: (r["dataset"], r["model"], r["grad_mode"] or "", r["attack"],
-                                            r["eps"] or 0.0)):
-        attacked = "robust_accuracy" in r
-        rows.append([
-            get_spec(r["dataset"]).display_name, _model_label(r), _attack_label(r) if r["attack"] != "none" else "none",
-            _eps_text(r["eps"]), str(r["n"]),
-            f"{_pct(r['clean_accuracy'])} {_ci(r['clean_accuracy_ci'])}",
-            f"{_pct(r['robust_accuracy'])} {_ci(r['robust_accuracy_ci'])}" if attacked else "-",
-            f"{_pct(r['asr'])} {_ci(r['asr_ci'])}" if attacked else "-",
-            f"{r['seconds_per_image'] * 1000:.2f}" if attacked else "-",
-            f"{r['forwards_per_image']:.1f} / {r['backwards_per_image']:.1f}" if attacked else "-",
-        ])
-    return "## All cells\n\n" + _table(["dataset", "model (mode)", "attack", "eps", "n", "clean acc %",
-                                        "robust acc %", "ASR %", "ms/img", "fwd / bwd per img"], rows)
-
-
-def render_markdown(records: list[dict], paper: dict | None = None, title: str | None = None,
-                    command: str | None = None) -> str:
-    """Markdown tables of a list of records: paper vs ours, adaptive, attacker cost, sanity checks, all cells.
-
-    ``paper`` defaults to the paper's published figures (:func:`load_paper_results`).
-    """
-    paper = paper if paper is not None else load_paper_results()
-    sections = [f"# {title}" if title else "", f"Regenerate with: `{command}`" if command else "",
-                _section_paper(records, paper), _section_adaptive(records), _section_cost(records, paper),
-                _section_sanity(records), _section_all(records) if records else "No records."]
-    cifar = any(r["dataset"] == "cifar10" for r in records)
-    if cifar:
-        sections.append("CIFAR-10 figures are measured on a JPEG re-encoding of the test set (see the data README).")
-    return "\n\n".join(s for s in sections if s) + "\n"
-
-
-def command_line() -> str:
-    """The command that is running, as ``python -m qshield_core ...`` when launched that way."""
-    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv
-    return "python -m qshield_core " + shlex.join(argv)
-
-
 __all__ = [
     "AttackOutcome", "Cell", "CountingModel", "EvalPoints", "RunSummary", "attack_metrics", "balanced_indices",
-    "cell_key", "evaluate_cell", "evaluation_points", "load_paper_results", "load_results", "perturbation_norms",
-    "plan_cells", "projected_circuit_executions", "render_markdown", "run_attack", "run_cells", "save_results",
-    "seed_all", "wilson_interval",
+    "cell_key", "evaluate_cell", "evaluation_points", "format_interval", "format_percent", "is_current",
+    "is_preset_budget", "load_results", "merge_record", "perturbation_norms", "plan_cells",
+    "projected_circuit_executions", "records_of", "run_attack", "run_cells", "save_results", "seed_all",
+    "unpack_bits", "wilson_interval",
 ]

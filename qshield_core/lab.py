@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import evaluation, zoo
+from . import evaluation, report, zoo
 from .attacks import ATTACKS, EPS_RANGE, attack_params, get_attack
 from .data import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, REPO_ROOT, Sample, get_spec, list_samples, load_sample_image
 from .evaluation import (
@@ -616,13 +616,13 @@ def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.Dat
 
 def paper_reference_frame(dataset: str) -> pd.DataFrame:
     """The paper's published ASR at its epsilon (hybrids in the paper's mode), as curve points."""
-    paper = evaluation.load_paper_results()
+    paper = report.load_paper_results()
     columns = ["series", "model", "attack", "eps", "value"]
     if paper is None:
         return pd.DataFrame(columns=columns)
     spec = get_spec(dataset)
     rows = []
-    for (d, model, attack), asr in evaluation.paper_asr(paper).items():
+    for (d, model, attack), asr in report.paper_asr(paper).items():
         if d != spec.name:
             continue
         mode = None if model == "classical" else "paper"
@@ -636,12 +636,12 @@ def paper_reference_frame(dataset: str) -> pd.DataFrame:
 
 def paper_asr_table(dataset: str) -> pd.DataFrame:
     """The paper's ASR table (%) for one dataset: models by attacks, as published."""
-    paper = evaluation.load_paper_results()
+    paper = report.load_paper_results()
     if paper is None:
         return pd.DataFrame()
     spec = get_spec(dataset)
     table = {}
-    for (d, model, attack), asr in evaluation.paper_asr(paper).items():
+    for (d, model, attack), asr in report.paper_asr(paper).items():
         if d == spec.name:
             table.setdefault(model, {})[ATTACKS[attack].display_name] = round(100 * asr, 2)
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("model").reset_index()
@@ -656,8 +656,8 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
     query the target, have no passes ratio.
     """
     frame_rows = []
-    paper = evaluation.load_paper_results()
-    paper_seconds = evaluation.paper_attack_seconds(paper) if paper else {}
+    paper = report.load_paper_results()
+    paper_seconds = report.paper_attack_seconds(paper) if paper else {}
     chosen: dict[tuple, dict] = {}
     for r in records:
         if r.get("dataset") != dataset or "seconds_per_image" not in r or r.get("attack") in (None, "none"):
@@ -728,7 +728,7 @@ def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
         spec = get_spec(dataset)
         mine = [r for r in records if r.get("dataset") == dataset and r.get("model") == model
                 and r.get("grad_mode") == mode]
-        pgd, _, strongest = evaluation.strongest_attacks(mine, dataset)
+        pgd, _, strongest = report.strongest_attacks(mine, dataset)
         if strongest is None:
             continue
         rows.append({

@@ -105,7 +105,8 @@ if [[ -f $OUT/paper-reproduction.json ]]; then
       --out "$OUT/paper-reproduction.md"
 fi
 if ((${#tables[@]} > 1)); then
+  readme=(); [[ $OUT == results ]] && readme=(--readme README.md)  # the README's tables show results/
   $PY -m qshield_core table "${tables[@]}" --title "QShield: adaptive attacks and sanity checks" \
-      --out "$OUT/adaptive.md"
+      --out "$OUT/adaptive.md" "${readme[@]}"
 fi
 exit $failed

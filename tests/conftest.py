@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from qshield_core.data import SAMPLES_INDEX, dataset_available, resolve_data_root
+from qshield_core.evaluation import wilson_interval
 from qshield_core.zoo import PRETRAINED_DIR
 
 DATASET_NAMES = ("mnist", "organamnist", "cifar10")
@@ -21,6 +22,20 @@ def require_dataset(name: str) -> None:
 def require_samples() -> None:
     if not SAMPLES_INDEX.is_file():
         pytest.skip(f"shipped samples missing ({SAMPLES_INDEX}); run scripts/make_samples.py")
+
+
+def make_record(model: str, attack: str, asr: float, dataset: str = "mnist", eps: float | None = 32 / 255,
+                mode: str | None = None) -> dict:
+    """A hand-made results record (n = 1000, 990 correct) with the given ASR, for the report tests."""
+    n, correct = 1000, 990
+    fooled = round(asr * correct)
+    ci = wilson_interval(fooled, correct)
+    return {"key": f"{dataset}/{model}/{mode or '-'}/{attack}/eps={eps:.6f}/steps=preset/n={n}/seed=0/fast/auto",
+            "dataset": dataset, "model": model, "grad_mode": mode, "attack": attack, "suite": "paper", "eps": eps,
+            "n": n, "clean_accuracy": 0.99, "clean_accuracy_ci": [0.98, 0.995], "robust_accuracy": 0.5,
+            "robust_accuracy_ci": [0.47, 0.53], "asr": fooled / correct, "asr_ci": list(ci), "n_clean_correct": correct,
+            "seconds_per_image": 0.001, "forwards_per_image": 10.0, "backwards_per_image": 10.0,
+            "points": {"indices_sha256": "x"}}
 
 
 def shipped_cards() -> list:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import require_samples
+from conftest import make_record, require_samples
 
 from qshield_core.cli import main
 from qshield_core.models import build_model
@@ -69,6 +69,23 @@ def test_evaluate_writes_records_and_table_renders_them(tmp_path, model_dir, cap
     assert code == 0 and "| MNIST | classical | FGSM | 8/255 | 10 |" in stdout
     code, _, err = run(["table", tmp_path / "missing.json"], capsys)
     assert code == 2 and "not found" in err
+
+
+def test_table_updates_the_readme_blocks_and_loses_nothing_on_error(tmp_path, capsys):
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"records": [make_record("classical", "pgd", 0.8)]}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- qshield:paper-summary -->\nstale\n<!-- /qshield:paper-summary -->\nend\n")
+    code, stdout, _ = run(["table", results, "--out", tmp_path / "r.md", "--readme", readme], capsys)
+    text = readme.read_text()
+    assert code == 0 and "updated the tables" in stdout
+    assert "stale" not in text and "| MNIST | classical |" in text and "**80.0**" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    unmarked = tmp_path / "NOTES.md"
+    unmarked.write_text("no markers\n")
+    code, _, err = run(["table", results, "--out", tmp_path / "s.md", "--readme", unmarked], capsys)
+    assert code == 2 and "qshield:paper-summary" in err
+    assert unmarked.read_text() == "no markers\n" and not (tmp_path / "s.md").exists()
 
 
 def test_info_lists_models_and_flags_tampering(model_dir, capsys):

@@ -17,7 +17,6 @@ from qshield_core.evaluation import (
     merge_record,
     plan_cells,
     projected_circuit_executions,
-    render_markdown,
     run_attack,
     run_cells,
     unpack_bits,
@@ -211,50 +210,6 @@ def test_plan_cells_validates_and_filters():
     assert all(c.eps == pytest.approx(32 / 255) for c in cells)
     with pytest.raises(ValueError, match="out of range"):
         plan_cells(["cifar10"], ["classical"], [None], ["pgd"], [0.3])
-
-
-# --------------------------------------------------------------------------- Markdown
-
-
-def _record(model, attack, asr, dataset="mnist", eps=32 / 255, mode=None):
-    n, correct = 1000, 990
-    fooled = round(asr * correct)
-    ci = wilson_interval(fooled, correct)
-    return {"key": f"{dataset}/{model}/{mode or '-'}/{attack}/eps={eps:.6f}/steps=preset/n={n}/seed=0/fast/auto",
-            "dataset": dataset, "model": model, "grad_mode": mode, "attack": attack, "suite": "paper", "eps": eps,
-            "n": n, "clean_accuracy": 0.99, "clean_accuracy_ci": [0.98, 0.995], "robust_accuracy": 0.5,
-            "robust_accuracy_ci": [0.47, 0.53], "asr": fooled / correct, "asr_ci": list(ci), "n_clean_correct": correct,
-            "seconds_per_image": 0.001, "forwards_per_image": 10.0, "backwards_per_image": 10.0,
-            "points": {"indices_sha256": "x"}}
-
-
-def test_markdown_puts_the_paper_next_to_ours():
-    paper = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],
-             "attack_success_rate_percent": {"values": {"MNIST": [[1, 2], [47.29, 53.39], [23.76, 28.73]]}},
-             "attack_seconds": {"values": {"MNIST": [[1, 1], [3.0, 10.0], [66.0, 470.0]]}}}
-    records = [_record("classical", "pgd", 0.534), _record("hybrid-full", "pgd", 0.96, mode="paper"),
-               _record("classical", "fgsm", 0.47), _record("hybrid-full", "fgsm", 0.9, mode="paper")]
-    text = render_markdown(records, paper=paper)
-    assert "53.4 / **53.4**" in text  # agrees: the paper's figure inside our interval
-    assert "HQCNN" not in text and "hybrid-full" in text
-    assert "MNIST, hybrid-full, PGD: paper 28.7 %, ours 96.0 %" in text  # disagreement called out
-    assert "47x" in text  # the paper's hybrid/CNN attack time ratio for PGD
-    assert "## All cells" in text
-
-
-def test_sanity_section_flags_an_iterative_attack_that_stalls():
-    sweep = [0.05, 0.1, 0.2, 0.3]
-    records = ([_record("classical", "apgd-ce", a, eps=e) for a, e in zip((0.5, 0.9, 1.0, 1.0), sweep, strict=True)]
-               + [_record("hybrid-full", "apgd-ce", a, eps=e, mode="paper")
-                  for a, e in zip((0.3, 0.5, 0.6, 0.6), sweep, strict=True)]
-               + [_record("classical", "fgsm", a, eps=e) for a, e in zip((0.2, 0.5, 0.7, 0.8), sweep, strict=True)])
-    text = render_markdown(records)
-    section = text.split("### ASR (%) as epsilon grows")[1].split("###")[0]
-    rows = {" ".join(line.split(" | ")[1:3]): line for line in section.splitlines() if line.startswith("| MNIST")}
-    assert rows["classical APGD-CE"].endswith("| yes |")
-    assert rows["hybrid-full (paper) APGD-CE"].endswith("| **no** (60.0) |"), "masking-like stall, flagged"
-    assert "one step, not expected to" in rows["classical FGSM"]
-    assert "| 20.0 | 50.0 (APGD-CE) | yes |" in text, "iterative >= FGSM at eps 0.05"
 
 
 def _merge_many(path: str, prefix: str, count: int) -> None:

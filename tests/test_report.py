@@ -1,0 +1,80 @@
+"""Reports: the Markdown tables and the README's marked blocks, on hand-made records."""
+
+import pytest
+from conftest import make_record
+
+from qshield_core.report import paper_summary_table, readme_blocks, render_markdown, update_marked_blocks
+
+PAPER = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],
+         "attack_success_rate_percent": {"values": {"MNIST": [[1, 2], [47.29, 53.39], [23.76, 28.73]]}},
+         "attack_seconds": {"values": {"MNIST": [[1, 1], [3.0, 10.0], [66.0, 470.0]]}}}
+
+
+def test_markdown_puts_the_paper_next_to_ours():
+    records = [make_record("classical", "pgd", 0.534), make_record("hybrid-full", "pgd", 0.96, mode="paper"),
+               make_record("classical", "fgsm", 0.47), make_record("hybrid-full", "fgsm", 0.9, mode="paper")]
+    text = render_markdown(records, paper=PAPER)
+    assert "53.4 / **53.4**" in text  # agrees: the paper's figure inside our interval
+    assert "HQCNN" not in text and "hybrid-full" in text
+    assert "MNIST, hybrid-full, PGD: paper 28.7 %, ours 96.0 %" in text  # disagreement called out
+    assert "47x" in text  # the paper's hybrid/CNN attack time ratio for PGD
+    assert "## All cells" in text
+
+
+def test_sanity_section_flags_an_iterative_attack_that_stalls():
+    sweep = [0.05, 0.1, 0.2, 0.3]
+    records = ([make_record("classical", "apgd-ce", a, eps=e) for a, e in zip((0.5, 0.9, 1.0, 1.0), sweep, strict=True)]
+               + [make_record("hybrid-full", "apgd-ce", a, eps=e, mode="paper")
+                  for a, e in zip((0.3, 0.5, 0.6, 0.6), sweep, strict=True)]
+               + [make_record("classical", "fgsm", a, eps=e) for a, e in zip((0.2, 0.5, 0.7, 0.8), sweep, strict=True)])
+    text = render_markdown(records)
+    section = text.split("### ASR (%) as epsilon grows")[1].split("###")[0]
+    rows = {" ".join(line.split(" | ")[1:3]): line for line in section.splitlines() if line.startswith("| MNIST")}
+    assert rows["classical APGD-CE"].endswith("| yes |")
+    assert rows["hybrid-full (paper) APGD-CE"].endswith("| **no** (60.0) |"), "masking-like stall, flagged"
+    assert "one step, not expected to" in rows["classical FGSM"]
+    assert "| 20.0 | 50.0 (APGD-CE) | yes |" in text, "iterative >= FGSM at eps 0.05"
+
+
+def test_paper_summary_lists_paper_and_ours_for_the_chosen_models():
+    records = [make_record("classical", "pgd", 0.8), make_record("hybrid-full", "pgd", 0.5, mode="paper"),
+               make_record("hybrid-none", "pgd", 0.6, mode="paper"),
+               make_record("hybrid-full", "pgd", 0.1, mode="differentiable")]  # not the paper's protocol
+    table = paper_summary_table(records, PAPER)
+    rows = [line for line in table.splitlines() if line.startswith("| MNIST")]
+    assert [row.split(" | ")[1] for row in rows] == ["classical", "hybrid-full"]
+    assert "| 53.4 / **80.0** |" in rows[0] and "| 28.7 / **50.0** |" in rows[1]
+    assert "47.3 / -" in rows[0], "an attack not run shows the paper's figure and a dash"
+    assert paper_summary_table([], PAPER) == ""
+
+
+MARKED = """# Title
+<!-- qshield:paper-summary -->
+old table
+<!-- /qshield:paper-summary -->
+prose kept
+<!-- qshield:adaptive -->
+<!-- /qshield:adaptive -->
+"""
+
+
+def test_marked_blocks_are_replaced_and_the_rest_is_kept():
+    text = update_marked_blocks(MARKED, {"paper-summary": "| new |\n", "adaptive": "| a |"})
+    assert "old table" not in text and text.count("| new |") == 1 and "| a |\n<!-- /qshield:adaptive -->" in text
+    assert text.startswith("# Title\n<!-- qshield:paper-summary -->\n| new |\n<!-- /qshield:paper-summary -->")
+    assert "prose kept" in text
+    assert update_marked_blocks(text, {"paper-summary": "| new |\n"}) == text, "idempotent"
+
+
+def test_missing_marker_is_an_error():
+    with pytest.raises(ValueError, match="qshield:sanity"):
+        update_marked_blocks(MARKED, {"sanity": "x"})
+
+
+def test_readme_blocks_leave_out_tables_without_records():
+    blocks = readme_blocks([make_record("classical", "pgd", 0.8)], PAPER)
+    assert set(blocks) == {"paper-summary"}, "no adaptive record, so no adaptive table"
+    adaptive = dict(make_record("hybrid-full", "apgd-ce", 0.9, mode="paper"), suite="adaptive")
+    blocks = readme_blocks([make_record("hybrid-full", "pgd", 0.5, mode="paper"), adaptive], PAPER)
+    row = blocks["adaptive"].splitlines()[2]
+    assert row.startswith("| MNIST | hybrid-full (paper) | 50.0 ") and "**90.0**" in row and "(apgd-ce)" in row
