@@ -39,36 +39,28 @@ def load_paper_results(path: str | os.PathLike | None = None) -> dict | None:
     return None
 
 
-def paper_asr(paper: dict) -> dict[tuple[str, str, str], float]:
-    """{(dataset, model, attack): ASR as a fraction} in our names, from the paper's table."""
-    table = paper["attack_success_rate_percent"]["values"]
+def _paper_cells(paper: dict, table_name: str) -> dict[tuple[str, str, str], float]:
+    """{(dataset, model, attack): value} in our names, from one of the paper's model-by-attack tables."""
+    table = paper[table_name]["values"]
+    columns = {ai: next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
+               for ai, pa in enumerate(paper["attacks"])}
     out = {}
     for pd, dataset in PAPER_DATASETS.items():
-        if pd not in table:
-            continue
         for mi, pm in enumerate(paper["models"]):
-            if pm not in PAPER_MODELS:
-                continue
-            for ai, pa in enumerate(paper["attacks"]):
-                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
-                if attack is not None:
-                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai] / 100
+            for ai, attack in columns.items():
+                if pd in table and pm in PAPER_MODELS and attack is not None:
+                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai]
     return out
+
+
+def paper_asr(paper: dict) -> dict[tuple[str, str, str], float]:
+    """{(dataset, model, attack): ASR as a fraction} in our names, from the paper's table."""
+    return {cell: value / 100 for cell, value in _paper_cells(paper, "attack_success_rate_percent").items()}
 
 
 def paper_attack_seconds(paper: dict) -> dict[tuple[str, str, str], float]:
     """{(dataset, model, attack): the paper's attack wall time in seconds for its subset}."""
-    table = paper["attack_seconds"]["values"]
-    out = {}
-    for pd, dataset in PAPER_DATASETS.items():
-        if pd not in table:
-            continue
-        for mi, pm in enumerate(paper["models"]):
-            for ai, pa in enumerate(paper["attacks"]):
-                attack = next((a for a in PAPER_ATTACKS if ATTACKS[a].paper_column == pa), None)
-                if pm in PAPER_MODELS and attack is not None:
-                    out[(dataset, PAPER_MODELS[pm], attack)] = table[pd][mi][ai]
-    return out
+    return _paper_cells(paper, "attack_seconds")
 
 
 def _eps_text(eps: float | None) -> str:
