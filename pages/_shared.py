@@ -190,6 +190,14 @@ def samples_of(dataset: str) -> list[dict]:
     return lab.sample_table(dataset)
 
 
+def committed_records() -> list[dict]:
+    """The committed results (``results/*.json``); each file that cannot be read is shown as an error."""
+    records, problems = lab.load_results()
+    for problem in problems:
+        st.error(problem)
+    return records
+
+
 # --------------------------------------------------------------------------- background jobs
 
 

@@ -43,9 +43,7 @@ def _show(frame, key: str) -> None:
 
 
 st.subheader("From the committed results")
-records, problems = lab.load_results()
-for problem in problems:
-    st.error(problem)
+records = ui.committed_records()
 committed = lab.cost_frame(records, s.dataset)
 if committed.empty:
     st.warning(

@@ -18,9 +18,7 @@ metric = st.radio("Show", list(viz.RESULT_METRICS), horizontal=True, key="rx_met
 
 # ----------------------------------------------------------------- committed results
 st.subheader("Committed results")
-records, problems = lab.load_results()
-for problem in problems:
-    st.error(problem)
+records = ui.committed_records()
 frame = lab.records_frame(records, s.dataset)
 if frame.empty:
     st.warning(
