@@ -204,6 +204,17 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def difference_interval(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
+                        confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (his method 10, 1998) for the difference of two independent
+    proportions, a - b, built from their Wilson intervals."""
+    p_a, p_b = successes_a / trials_a, successes_b / trials_b
+    (low_a, high_a), (low_b, high_b) = (wilson_interval(successes_a, trials_a, confidence),
+                                        wilson_interval(successes_b, trials_b, confidence))
+    d = p_a - p_b
+    return (d - math.hypot(p_a - low_a, high_b - p_b), d + math.hypot(high_a - p_a, p_b - low_b))
+
+
 def attack_metrics(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor | None = None) -> dict:
     """Clean accuracy, robust accuracy and ASR (see the module docstring) with Wilson intervals."""
     labels, clean_pred = torch.as_tensor(labels), torch.as_tensor(clean_pred)
@@ -710,8 +721,8 @@ def summary_line(r: dict) -> str:
 
 __all__ = [
     "AttackOutcome", "Cell", "CountingModel", "EvalPoints", "RunSummary", "attack_metrics", "balanced_indices",
-    "cell_key", "evaluate_cell", "evaluation_points", "format_interval", "format_percent", "is_current",
-    "is_preset_budget", "load_results", "merge_record", "perturbation_norms", "plan_cells",
+    "cell_key", "difference_interval", "evaluate_cell", "evaluation_points", "format_interval", "format_percent",
+    "is_current", "is_preset_budget", "load_results", "merge_record", "perturbation_norms", "plan_cells",
     "projected_circuit_executions", "records_of", "run_attack", "run_cells", "save_results", "seed_all",
     "unpack_bits", "wilson_interval",
 ]

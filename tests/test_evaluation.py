@@ -12,6 +12,7 @@ from qshield_core.evaluation import (
     CountingModel,
     attack_metrics,
     balanced_indices,
+    difference_interval,
     evaluate_cell,
     load_results,
     merge_record,
@@ -105,6 +106,13 @@ def test_paper_mode_evaluations_share_one_random_draw():
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def test_difference_interval_matches_newcombe():
+    """Newcombe (1998), Table II, example (a): 56/70 - 48/80, method 10: +0.0524 to +0.3339."""
+    assert difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+    low, high = difference_interval(48, 80, 56, 70)
+    assert (low, high) == pytest.approx((-0.3339, -0.0524), abs=5e-5)
 
 
 def test_wilson_interval_known_values():

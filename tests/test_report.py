@@ -16,7 +16,8 @@ def test_markdown_puts_the_paper_next_to_ours():
     text = render_markdown(records, paper=PAPER)
     assert "53.4 / **53.4**" in text  # agrees: the paper's figure inside our interval
     assert "HQCNN" not in text and "hybrid-full" in text
-    assert "MNIST, hybrid-full, PGD: paper 28.7 %, ours 96.0 %" in text  # disagreement called out
+    assert "MNIST, hybrid-full, PGD: paper 28.7 % (of about 440), ours 96.0 % (of 990)" in text  # called out
+    assert "MNIST, classical, PGD" not in text.split("differ by more than sampling noise")[1]
     assert "47x" in text  # the paper's hybrid/CNN attack time ratio for PGD
     assert "## All cells" in text
 
@@ -78,3 +79,13 @@ def test_readme_blocks_leave_out_tables_without_records():
     blocks = readme_blocks([make_record("hybrid-full", "pgd", 0.5, mode="paper"), adaptive], PAPER)
     row = blocks["adaptive"].splitlines()[2]
     assert row.startswith("| MNIST | hybrid-full (paper) | 50.0 ") and "**90.0**" in row and "(apgd-ce)" in row
+
+
+def test_a_gap_within_both_samples_noise_is_not_called_a_disagreement():
+    """The paper's 53.4 % lies outside our interval for 58 % of 990 points, not outside both samples' noise."""
+    paper = dict(PAPER, clean_accuracy={"test": {"MNIST": [0.97, 0.99, 0.99]}})
+    text = render_markdown([make_record("classical", "pgd", 0.58), make_record("classical", "fgsm", 0.60)], paper=paper)
+    ours = next(line for line in text.splitlines() if line.startswith("| classical"))
+    assert "53.4 / **58.0** [54.9, 61.0]" in ours, "the paper's figure is outside our own interval"
+    assert "MNIST, classical, PGD" not in text
+    assert "MNIST, classical, FGSM: paper 47.3 % (of about 436), ours 60.0 % (of 990); difference +12.7" in text
