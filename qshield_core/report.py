@@ -193,21 +193,22 @@ def paper_summary_table(records: list[dict], paper: dict | None,
 def _union_robust(records: list[dict]) -> tuple[float, int, int] | None:
     """Per-point worst case over attacks: a point is robust only if it survives every attack run on it.
 
-    Only records on the same points can be combined: the set of points with the most attacks is
-    used. Returns (robust accuracy, number of attacks, n) or None.
+    Only records on the same points can be combined. Each set of points gives an upper bound on the
+    model's robust accuracy; the lowest (the tightest) is returned as (robust accuracy, number of
+    attacks, n), or None when no record keeps its per-point outcomes.
     """
     groups: dict[str, list[dict]] = {}
     for r in records:
         if "adv_correct" in (r.get("per_point") or {}):
             groups.setdefault(r["points"]["indices_sha256"], []).append(r)
-    if not groups:
-        return None
-    usable = max(groups.values(), key=lambda rs: (len(rs), rs[0]["n"]))
-    n = usable[0]["n"]
-    robust = np.ones(n, dtype=bool)
-    for r in usable:
-        robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
-    return float(robust.mean()), len(usable), n
+    worst_cases = []
+    for group in groups.values():
+        n = group[0]["n"]
+        robust = np.ones(n, dtype=bool)
+        for r in group:
+            robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
+        worst_cases.append((float(robust.mean()), len(group), n))
+    return min(worst_cases, key=lambda w: (w[0], -w[1], -w[2]), default=None)
 
 
 def _autoattack_robust(records: list[dict], eps: float) -> str:

@@ -1,9 +1,16 @@
 """Reports: the Markdown tables and the README's marked blocks, on hand-made records."""
 
+import numpy as np
 import pytest
 from conftest import make_record
 
-from qshield_core.report import paper_summary_table, readme_blocks, render_markdown, update_marked_blocks
+from qshield_core.report import (
+    adaptive_table,
+    paper_summary_table,
+    readme_blocks,
+    render_markdown,
+    update_marked_blocks,
+)
 
 PAPER = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],
          "attack_success_rate_percent": {"values": {"MNIST": [[1, 2], [47.29, 53.39], [23.76, 28.73]]}},
@@ -89,3 +96,23 @@ def test_a_gap_within_both_samples_noise_is_not_called_a_disagreement():
     assert "53.4 / **58.0** [54.9, 61.0]" in ours, "the paper's figure is outside our own interval"
     assert "MNIST, classical, PGD" not in text
     assert "MNIST, classical, FGSM: paper 47.3 % (of about 436), ours 60.0 % (of 990); difference +12.7" in text
+
+
+def _with_points(record: dict, points: str, clean: list[int], adv: list[int]) -> dict:
+    """``record`` on the point set ``points`` with the given per-point outcomes (1 = correct)."""
+    def bits(values: list[int]) -> str:
+        return np.packbits(np.array(values, dtype=np.uint8)).tobytes().hex()
+
+    return dict(record, n=len(clean), suite="adaptive", points={"indices_sha256": points},
+                per_point={"clean_correct": bits(clean), "adv_correct": bits(adv)})
+
+
+def test_worst_case_combines_attacks_per_point_and_takes_the_tightest_point_set():
+    base = make_record("hybrid-full", "apgd-ce", 0.5, mode="paper")
+    clean = [1, 1, 1, 1, 0]
+    small = [_with_points(dict(base, attack="apgd-ce"), "A", clean, [1, 1, 0, 0, 0]),
+             _with_points(dict(base, attack="autoattack"), "A", clean, [0, 1, 1, 0, 0])]  # together: 1 of 5
+    many = [_with_points(dict(base, attack=a), "B", clean * 2, [1, 1, 1, 0, 0] * 2)
+            for a in ("fgsm", "pgd", "square")]  # three attacks, but 4 of 10 survive them all
+    row = next(line for line in adaptive_table(small + many).splitlines() if line.startswith("| MNIST"))
+    assert row.endswith("| 20.0 (2 attacks, n = 5) |")
