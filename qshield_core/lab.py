@@ -736,20 +736,16 @@ def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
             "paper-protocol PGD ASR (%)": np.nan if pgd is None else round(100 * pgd["asr"], 1),
             "strongest adaptive attack": strongest.get("attack_display", strongest["attack"]),
             "its ASR (%)": round(100 * strongest["asr"], 1),
-            "95 % interval": _interval_text(strongest.get("asr_ci")), "n": strongest.get("n"),
+            "95 % interval": evaluation.format_interval(strongest.get("asr_ci")), "n": strongest.get("n"),
         })
         if pgd is not None:
             findings.append(
                 f"{spec.display_name}, {model_label(model, mode)}: PGD as in the paper fools "
                 f"{100 * pgd['asr']:.1f} % of the correctly classified images; "
                 f"{strongest.get('attack_display', strongest['attack'])} fools {100 * strongest['asr']:.1f} % "
-                f"{_interval_text(strongest.get('asr_ci'))}.")
+                f"{evaluation.format_interval(strongest.get('asr_ci'))}.")
     sources = sorted({r["source_file"] for r in adaptive})
     return AdaptiveSummary(", ".join(f"results/{s}" for s in sources), pd.DataFrame(rows), findings)
-
-
-def _interval_text(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 REPRODUCE_COMMANDS = """\
