@@ -174,7 +174,7 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
 
 
 def paper_summary_table(records: list[dict], paper: dict | None,
-                        models: Sequence[str] = ("classical", "hybrid-full")) -> str:
+                        models: Sequence[str] = tuple(PAPER_MODELS.values())) -> str:
     """The paper's ASR table for ``models`` on every dataset, "paper / **ours**" (%), without intervals."""
     reference = paper_asr(paper) if paper else {}
     rows = []

@@ -162,6 +162,31 @@ def test_final_phase_damping_leaves_populations(backend, rng):
     assert float((outputs[1] - outputs[0]).abs().max()) > 1e-3
 
 
+def cnot_permutation(entanglement: str, n_qubits: int = 4) -> list[int]:
+    """Where each basis state goes under the entangling layer (wire 0 is the leading bit)."""
+    targets = []
+    for state in range(2 ** n_qubits):
+        bits = [int(b) for b in f"{state:0{n_qubits}b}"]
+        for control, target in entangling_pairs(entanglement, n_qubits):
+            bits[target] ^= bits[control]
+        targets.append(int("".join(map(str, bits)), 2))
+    return targets
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entanglement", ["linear", "star", "full"])
+def test_paper_circuit_entanglement_only_permutes_the_probabilities(entanglement, backend, rng):
+    """Depth 1, no trainable gate: after a product-state encoding, the CNOT layer moves probability
+    between basis states by one fixed permutation, the same for every input."""
+    angles = random_angles(6, rng)
+    product = run(CircuitConfig(4, "enhanced", "none", noise=NOISELESS), angles, backend)
+    entangled = run(CircuitConfig(4, "enhanced", entanglement, noise=NOISELESS), angles, backend)
+    moved = torch.zeros_like(product)
+    moved[:, cnot_permutation(entanglement)] = product
+    torch.testing.assert_close(entangled, moved, atol=1e-10, rtol=0)
+    assert cnot_permutation(entanglement) != list(range(16))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_readout_error_is_an_independent_bit_flip(backend):
     r = 0.1

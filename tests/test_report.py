@@ -48,9 +48,11 @@ def test_paper_summary_lists_paper_and_ours_for_the_chosen_models():
     records = [make_record("classical", "pgd", 0.8), make_record("hybrid-full", "pgd", 0.5, mode="paper"),
                make_record("hybrid-none", "pgd", 0.6, mode="paper"),
                make_record("hybrid-full", "pgd", 0.1, mode="differentiable")]  # not the paper's protocol
-    table = paper_summary_table(records, PAPER)
+    table = paper_summary_table(records, PAPER, models=("classical", "hybrid-full"))
     rows = [line for line in table.splitlines() if line.startswith("| MNIST")]
     assert [row.split(" | ")[1] for row in rows] == ["classical", "hybrid-full"]
+    models = [line.split(" | ")[1] for line in paper_summary_table(records, PAPER).splitlines()[2:]]
+    assert models == ["classical", "hybrid-none", "hybrid-full"], "every model of the paper by default"
     assert "| 53.4 / **80.0** |" in rows[0] and "| 28.7 / **50.0** |" in rows[1]
     assert "47.3 / -" in rows[0], "an attack not run shows the paper's figure and a dash"
     assert paper_summary_table([], PAPER) == ""
