@@ -1,4 +1,4 @@
-"""Command line: ``python -m qshield_core {train,evaluate,table,info,draw} ...``."""
+"""Command line: ``python -m qshield_core {train,evaluate,table,info,draw,demo} ...``."""
 
 from __future__ import annotations
 
