@@ -7,7 +7,7 @@
 #                                            5-25 min, AutoAttack on a CIFAR-10 hybrid 10-30 min a cell, the
 #                                            sanity stage about 30 min; spread it with EXTRA="--shard i/k")
 #   results/sanity.json                      ASR against epsilon (FGSM, APGD-CE) for the CNN and hybrid-full
-#   results/adaptive.md                      tables of all three files together
+#   results/adaptive.md                      tables of all three files together (and README.md's two)
 #
 # Resumable: every cell is written as soon as it is done and skipped on the next run, so rerun after an
 # interruption. A model that is not trained yet is reported and skipped; rerun once it exists.
