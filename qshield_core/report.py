@@ -136,6 +136,16 @@ def _disagreement(r: dict, ref: float, paper_points: int) -> list[str]:
             f"{100 * (r['asr'] - ref):+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]."]
 
 
+def _paper_row(mine: list[dict], model: str) -> list[dict | None]:
+    """``model``'s paper-protocol record for each of the paper's attacks (None where not run)."""
+    return [_best(r for r in mine if r["model"] == model and r["attack"] == a) for a in PAPER_ATTACKS]
+
+
+def _paper_vs_ours(ref: float | None, r: dict | None, with_interval: bool) -> str:
+    ours = "-" if r is None else f"**{_pct(r['asr'])}**" + (f" {_ci(r['asr_ci'])}" if with_interval else "")
+    return f"{_pct(ref)} / {ours}"
+
+
 def _section_paper(records: list[dict], paper: dict | None) -> str:
     reference = paper_asr(paper) if paper else {}
     parts, disagreements = [], []
@@ -146,17 +156,16 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
         spec = get_spec(dataset)
         rows, shown = [], []
         for model in PAPER_MODELS.values():
-            cells = []
-            for attack in PAPER_ATTACKS:
-                r = _best(x for x in mine if x["model"] == model and x["attack"] == attack)
-                shown += [] if r is None else [r]
-                ref = reference.get((dataset, model, attack))
-                ours = "-" if r is None else f"**{_pct(r['asr'])}** {_ci(r['asr_ci'])}"
-                cells.append(f"{_pct(ref)} / {ours}")
-                if r is not None and ref is not None:
-                    disagreements += _disagreement(r, ref, paper_correct_points(paper, dataset, model))
-            if any(c.split(" / ")[1] != "-" for c in cells):
-                rows.append([model, *cells])
+            found = _paper_row(mine, model)
+            if not any(found):
+                continue
+            refs = [reference.get((dataset, model, a)) for a in PAPER_ATTACKS]
+            rows.append([model, *(_paper_vs_ours(ref, r, True) for ref, r in zip(refs, found, strict=True))])
+            for ref, r in zip(refs, found, strict=True):
+                if r is not None:
+                    shown.append(r)
+                    if ref is not None:
+                        disagreements += _disagreement(r, ref, paper_correct_points(paper, dataset, model))
         n_text = sorted({r["n"] for r in shown})
         parts.append(f"### {spec.display_name} (eps {_eps_text(spec.paper_eps)}, n = "
                      f"{', '.join(map(str, n_text))} points per cell)\n\n"
@@ -181,10 +190,10 @@ def paper_summary_table(records: list[dict], paper: dict | None,
     for dataset in PAPER_DATASETS.values():
         mine = _paper_protocol(records, dataset)
         for model in models:
-            found = [_best(r for r in mine if r["model"] == model and r["attack"] == a) for a in PAPER_ATTACKS]
+            found = _paper_row(mine, model)
             if any(found):
                 rows.append([get_spec(dataset).display_name, model, *(
-                    f"{_pct(reference.get((dataset, model, a)))} / " + ("-" if r is None else f"**{_pct(r['asr'])}**")
+                    _paper_vs_ours(reference.get((dataset, model, a)), r, False)
                     for a, r in zip(PAPER_ATTACKS, found, strict=True))])
     header = ["dataset", "model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)]
     return _table(header, rows) if rows else ""
