@@ -21,9 +21,12 @@ torch.set_num_threads(1)
 
 PAGES = [
     st.Page("pages/attack_lab.py", title="Attack Lab", icon=":material/swords:", default=True),
+    st.Page("pages/gallery.py", title="Gallery", icon=":material/grid_view:"),
+    st.Page("pages/story.py", title="Story", icon=":material/slideshow:"),
     st.Page("pages/robustness_explorer.py", title="Robustness Explorer", icon=":material/show_chart:"),
     st.Page("pages/quantum_circuit.py", title="Quantum Circuit", icon=":material/blur_on:"),
     st.Page("pages/attacker_cost.py", title="Attacker Cost", icon=":material/timer:"),
+    st.Page("pages/claims.py", title="Claim Cards", icon=":material/fact_check:"),
     st.Page("pages/about.py", title="About / Method", icon=":material/menu_book:"),
 ]
 

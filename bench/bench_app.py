@@ -13,9 +13,16 @@ Measures, in one run, on this machine:
    app's cache holds them), one thread as in the app; per dataset, over several images.
 3. **The same click in the browser**: moving the epsilon slider one step in the running app until
    the page has redrawn (Streamlit's own overhead included).
+4. **Hybrid / classical on one image** (issue 11): the attacker times the Attack Lab shows side by side
+   must be the models' costs, not the simulator's per-call overhead. For one shipped image: one
+   forward+backward pass to the input (one attack gradient) and one PGD-10 (``evaluation.run_attack``,
+   its ``seconds``, what the page shows), for the classical CNN and hybrid-full in both gradient
+   modes, the three models timed in turn (interleaved) ``--ratio-repeats`` times, 1 thread; the
+   ratio of medians is reported (and the ratio of minima, which a busy machine disturbs least).
+   Target: at most 1.3x.
 
-Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--no-browser]``. Needs Debian's
-Chromium (/usr/bin/chromium) and Playwright for parts 1 and 3.
+Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--ratio-repeats 40] [--no-browser]``.
+Needs Debian's Chromium (/usr/bin/chromium) and Playwright for parts 1 and 3.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -35,9 +44,12 @@ from browser_support import CHROMIUM, SETTLED_JS, launch_options, streamlit_serv
 
 from qshield_core import lab, viz  # noqa: E402
 from qshield_core.data import get_spec  # noqa: E402
+from qshield_core.evaluation import run_attack  # noqa: E402
 
 TARGET_FIRST_PAGE_S = 10.0
 TARGET_ATTACK_S = 2.0
+TARGET_RATIO = 1.3
+DATASETS = ("mnist", "organamnist", "cifar10")
 
 
 def attack_with_figures(dataset: str, entry: dict, models: dict) -> float:
@@ -123,19 +135,93 @@ def bench_browser(clicks: int, launcher: str) -> None:
         browser.close()
 
 
+def gradient_seconds(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor) -> float:
+    """Seconds of one forward pass and one backward pass to the input (the gradient an attack step takes)."""
+    start = time.perf_counter()
+    x = image.clone().requires_grad_(True)
+    torch.autograd.grad(F.cross_entropy(model(x), label), x)
+    return time.perf_counter() - start
+
+
+def pgd_seconds(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, dataset: str) -> float:
+    """PGD-10 at the paper's eps on one image: the attack time ``run_attack`` reports (the Attack Lab's figure)."""
+    return run_attack(model, image, label, "pgd", dataset, eps=get_spec(dataset).paper_eps, steps=10).seconds
+
+
+Sample = tuple[torch.Tensor, torch.Tensor]
+
+
+def interleaved(models: dict[str, torch.nn.Module], samples: list[Sample], timed: Callable[..., float], repeats: int,
+                warmup: int = 3) -> dict[str, list[float]]:
+    """``timed(model, image, label)`` for every model in turn, ``repeats`` times, cycling over ``samples``
+    (interleaved, so that a change of machine load hits all models alike)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(warmup + repeats):
+        image, label = samples[r % len(samples)]
+        for name, model in models.items():
+            seconds = timed(model, image, label)
+            if r >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def ratio_cells(times: dict[str, list[float]]) -> list[str]:
+    """Per gradient mode: median ms, hybrid / classical ratio of medians [of minima], verdict."""
+    base, base_min = statistics.median(times["classical"]), min(times["classical"])
+    cells = []
+    for mode in ("paper", "differentiable"):
+        median = statistics.median(times[mode])
+        ratio = median / base
+        verdict = "ok" if ratio <= TARGET_RATIO else "OVER"
+        cells.append(f"{median * 1e3:8.2f} {ratio:5.2f}x [{min(times[mode]) / base_min:4.2f}x] {verdict:<4}")
+    return cells
+
+
+def bench_ratios(datasets: list[str], repeats: int) -> None:
+    torch.set_num_threads(1)
+    print(f"\n## Hybrid / classical on one image, interleaved, {repeats} repeats, 1 thread (target <= {TARGET_RATIO}x):"
+          f" median ms, ratio of medians [ratio of minima]")
+    print(f"{'dataset':<12} {'measure':<18} {'classical':>9} {'hybrid-full (paper)':>28} "
+          f"{'hybrid-full (differentiable)':>30}")
+    for dataset in datasets:
+        spec = get_spec(dataset)
+        try:
+            models = {"classical": lab.load(dataset, "classical"),
+                      "paper": lab.load(dataset, "hybrid-full", grad_mode="paper"),
+                      "differentiable": lab.load(dataset, "hybrid-full", grad_mode="differentiable")}
+        except lab.zoo.ModelUnavailableError as err:
+            print(f"{dataset:<12} skipped: {err}")
+            continue
+        wrapped = {name: lab.InferenceOnly(loaded.model) for name, loaded in models.items()}
+        samples = [(lab.sample_image(e).reshape(1, *spec.input_shape), torch.tensor([e["label"]]))
+                   for e in lab.sample_table(dataset)[:10]]
+        for measure, timed in (("forward+backward", gradient_seconds),
+                               ("PGD-10", lambda m, x, y, d=dataset: pgd_seconds(m, x, y, d))):
+            times = interleaved(wrapped, samples, timed, repeats)
+            cells = ratio_cells(times)
+            print(f"{dataset:<12} {measure:<18} {statistics.median(times['classical']) * 1e3:9.2f} {cells[0]:>28} "
+                  f"{cells[1]:>30}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--ratio-repeats", type=int, default=40, help="interleaved repeats of the ratio timings")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
+                        help="datasets of the ratio timings")
+    parser.add_argument("--only-ratios", action="store_true", help="only the hybrid / classical ratios (part 4)")
     parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
     parser.add_argument("--launcher", choices=["serve", "streamlit"], default="serve",
                         help="start the server as make run does (serve) or with plain streamlit run")
     args = parser.parse_args()
     print(f"QShield app benchmark: torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, "
           f"Chromium {CHROMIUM}")
-    if not args.no_browser:
+    if not (args.no_browser or args.only_ratios):
         bench_browser(args.clicks, args.launcher)
-    bench_attack(args.images)
+    if not args.only_ratios:
+        bench_attack(args.images)
+    bench_ratios(args.datasets, args.ratio_repeats)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def sidebar() -> Settings:
     however the page is reached: through ``st.navigation`` or run directly (as ``AppTest.switch_page``
     and Streamlit's first run of a folder named ``pages/`` do).
     """
+    _leave_pages_folder_mode()
     apply_query_params()
     _keep_sidebar_state()
     with st.sidebar:
@@ -120,6 +121,26 @@ def sidebar() -> Settings:
         settings = Settings(dataset, hybrid, grad_mode, noise)
         _model_status(settings)
     return settings
+
+
+def _leave_pages_folder_mode() -> None:
+    """Give a deep link its real page on the server's first visit.
+
+    Until ``app.py`` has called ``st.navigation`` once in the process, Streamlit runs a folder named
+    ``pages/`` in its legacy mode: a first visit to ``/story?step=3`` would run that page alone (no wide
+    layout, a navigation made of file names) for every session until someone opens the root URL. Leave
+    that mode the way ``st.navigation`` itself does and, on a session's first run (nothing clicked yet, so
+    nothing is lost), run again through ``app.py``. (AppTest re-enters that mode at every run of a page it
+    switched to; from the second run of a session on, the page just goes on, as before.)
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    first_run = not st.session_state.get("qs_session_started")
+    st.session_state["qs_session_started"] = True
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if first_run:
+            st.rerun()
 
 
 SIDEBAR_KEYS = ("qs_dataset", "qs_hybrid", "qs_grad_mode", "qs_noise_kind", "qs_noise_p", "qs_readout")
@@ -162,7 +183,7 @@ def _load(dataset: str, model_name: str, grad_mode: str, noise_key: tuple | None
 def get_model(dataset: str, model_name: str, grad_mode: str = "paper", noise: NoiseModel | None = None
               ) -> lab.LoadedModel:
     """A shared, read-only model instance, or a :class:`lab.LoadedModel` whose ``error`` says why not."""
-    is_hybrid = model_name != "classical"
+    is_hybrid = model_name.startswith("hybrid-")
     key = None if (noise is None or not is_hybrid) else tuple(sorted(noise.to_dict().items()))
     try:
         return _load(dataset, model_name, grad_mode if is_hybrid else "paper", key)
@@ -170,9 +191,12 @@ def get_model(dataset: str, model_name: str, grad_mode: str = "paper", noise: No
         return lab.LoadedModel(dataset, model_name, grad_mode if is_hybrid else None, None, {}, str(err))
 
 
-def model_set(s: Settings, both_modes: bool = False) -> dict[str, lab.LoadedModel]:
-    """The models a page compares, by display key: classical, the hybrid, optionally its other mode."""
+def model_set(s: Settings, both_modes: bool = False, with_dnn: bool = False) -> dict[str, lab.LoadedModel]:
+    """The models a page compares, by display key: classical, optionally the paper's DNN baseline, the hybrid,
+    optionally its other mode."""
     models = {"classical": get_model(s.dataset, "classical")}
+    if with_dnn:
+        models["dnn"] = get_model(s.dataset, "dnn")
     modes = GRAD_MODES if both_modes else (s.grad_mode,)
     for mode in modes:
         models[f"{s.hybrid} ({mode})"] = get_model(s.dataset, s.hybrid, mode, s.noise)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import _shared as ui
-from qshield_core import lab
+from qshield_core import lab, viz
 
 ui.sidebar()
 st.title("About QShield")
@@ -71,9 +71,7 @@ if summary is None:
     )
 else:
     st.caption(f"From `{summary.source}` (n per cell in the table; 95 % Wilson intervals).")
-    st.dataframe(summary.table, hide_index=True)
-    for line in summary.findings:
-        st.markdown(f"- {line}")
+    st.dataframe(viz.display_frame(summary.table), hide_index=True)
 
 st.subheader("Where the data come from")
 st.markdown(
@@ -96,7 +94,7 @@ cards = lab.model_cards_frame()
 if cards.empty:
     st.warning("No model cards found in `pretrained/` yet.")
 else:
-    st.dataframe(cards, hide_index=True)
+    st.dataframe(viz.display_frame(cards), hide_index=True)
     st.caption("Accuracies are measured on the full test split and read from each model's card "
                "(`pretrained/{dataset}-{model}.json`).")
 

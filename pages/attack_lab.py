@@ -7,7 +7,8 @@ import streamlit as st
 import torch
 
 from pages import _shared as ui
-from qshield_core import lab, viz
+from pages import _sources as sources
+from qshield_core import handout, lab, viz
 from qshield_core.data import ImageInputError, get_spec, prepare_upload
 from qshield_core.zoo import ModelUnavailableError
 
@@ -20,7 +21,8 @@ st.caption(
 )
 
 # ----------------------------------------------------------------- the image
-source = st.radio("Image", ("Shipped sample", "Random sample", "Upload"), horizontal=True, key="lab_source")
+SOURCES = ("Shipped sample", "Random sample", "Upload", "Draw", "Camera")
+source = st.radio("Image", SOURCES, horizontal=True, key="lab_source")
 image: np.ndarray | None = None
 label: int | None = None
 caption = ""
@@ -35,7 +37,7 @@ elif source == "Random sample":
         st.session_state[pick_key] = int(np.random.default_rng().integers(len(table)))
     entry = table[st.session_state[pick_key] % len(table)]
     image, label, caption = ui.sample_pixels(entry), entry["label"], entry["title"]
-else:
+elif source == "Upload":
     st.caption(f"PNG or JPEG, at most {lab.UPLOAD_LIMITS}. It is converted to {spec.image_size}×{spec.image_size} "
                f"{'greyscale' if spec.channels == 1 else 'colour'} for the {spec.display_name} models.")
     upload = st.file_uploader("Your image", type=["png", "jpg", "jpeg"], key=f"lab_upload_{s.dataset}")
@@ -48,9 +50,16 @@ else:
             for note in prepared.notes:
                 st.info(note, icon=":material/info:")
             image, caption = prepared.tensor.numpy(), upload.name
-            label = st.selectbox("True class (if you know it)", [None, *range(spec.num_classes)],
-                                 key=f"lab_upload_label_{s.dataset}",
-                                 format_func=lambda c: "unknown" if c is None else f"{c}: {spec.class_names[c]}")
+elif source == "Draw":
+    image, caption = sources.drawn_image(s.dataset, "lab"), "your drawing"
+else:
+    image, caption = sources.camera_image(s.dataset, "lab"), "your photo"
+if source in ("Upload", "Draw", "Camera") and image is not None:
+    label = st.selectbox("True class (if you know it)", [None, *range(spec.num_classes)],
+                         key=f"lab_{source.lower()}_label_{s.dataset}",
+                         format_func=lambda c: "unknown" if c is None else f"{c}: {spec.class_names[c]}",
+                         help="Known: the verdict is flipped or held. Unknown: changed or unchanged, compared "
+                              "with the model's own answer before the attack.")
 
 # ----------------------------------------------------------------- the attack
 choices = lab.attack_choices(s.dataset)
@@ -76,12 +85,16 @@ steps = col_steps.number_input(choice.steps_label.capitalize(), 1, choice.max_st
 st.caption(choice.description)
 both_modes = st.toggle("Also attack the hybrid in its other gradient mode", key="lab_both_modes",
                        help=ui.GRAD_MODE_HELP)
+with_dnn = st.toggle("Also attack the DNN (the paper's fully-connected baseline)", key="lab_with_dnn",
+                     help="The paper's sixth model: no convolution, no circuit; every pixel feeds every unit of "
+                          "the first layer. Like the CNN it is deterministic and differentiable.")
 
 if image is None:
-    st.info("Choose an image to attack.")
+    if source not in ("Draw", "Camera"):  # those say what they are waiting for next to the canvas or camera
+        st.info("Choose an image to attack.")
     st.stop()
 
-models = ui.model_set(s, both_modes=both_modes)
+models = ui.model_set(s, both_modes=both_modes, with_dnn=with_dnn)
 twin = ui.twin_of(s) if lab.needs_twin(attack) else None  # loaded only for BPDA
 classical = models["classical"]
 for key, loaded in models.items():
@@ -115,16 +128,28 @@ for notice in result.notices:
     getattr(st, notice.level)(notice.text)
 
 # ----------------------------------------------------------------- side by side
-st.markdown(f"**Image:** {caption}" + (f" · true class **{spec.class_names[label]}**" if label is not None else ""))
+BADGES = {
+    lab.FLIPPED: ":red-badge[:material/warning: FLIPPED]",
+    lab.HELD: ":green-badge[:material/verified_user: HELD]",
+    lab.WRONG_BEFORE: ":gray-badge[:material/help: WRONG BEFORE]",
+    lab.CHANGED: ":orange-badge[:material/swap_horiz: CHANGED]",
+    lab.UNCHANGED: ":blue-badge[:material/check: UNCHANGED]",
+}
+BADGE_HELP = {
+    lab.FLIPPED: "right before the attack, wrong after it",
+    lab.HELD: "right before the attack and after it",
+    lab.WRONG_BEFORE: "already wrong before the attack",
+    lab.CHANGED: "the attack changed the answer (true class unknown)",
+    lab.UNCHANGED: "the attack did not change the answer (true class unknown)",
+}
+names_ = spec.class_names
+st.markdown(f"**Image:** {caption}" + (f" · true class **{names_[label]}**" if label is not None else ""))
 columns = st.columns(len(result.outcomes))
 for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
     with column:
         st.subheader(key)
-        names_ = spec.class_names
-        badge = (":red-badge[:material/warning: FLIPPED]" if out.flipped
-                 else ":green-badge[:material/verified_user: HELD]")
-        st.markdown(f"{badge} &nbsp; **{names_[out.clean_pred]}** → **{names_[out.adv_pred]}**"
-                    + ("" if out.clean_correct in (None, True) else " · (already wrong before the attack)"))
+        st.markdown(f"{BADGES[out.verdict]} &nbsp; **{names_[out.clean_pred]}** → **{names_[out.adv_pred]}** "
+                    f"· {BADGE_HELP[out.verdict]}")
         left, mid = st.columns(2)
         left.image(viz.pixel_image(out.image), caption="original")
         mid.image(viz.pixel_image(out.adv_image), caption="adversarial")
@@ -139,5 +164,22 @@ for column, (key, out) in zip(columns, result.outcomes.items(), strict=True):
                        "on the model that supplied the gradients.")
         if out.gradient_source:
             st.caption(f":material/my_location: Gradients: {out.gradient_source}.")
+        st.download_button("Adversarial image (PNG)", handout.image_png(out.adv_image), key=f"png_{key}",
+                           file_name=f"qshield-{s.dataset}-{attack}-{key.replace(' ', '_')}-adversarial.png",
+                           mime="image/png", icon=":material/image:", on_click="ignore",
+                           help=f"At the model's own size ({spec.image_size}×{spec.image_size}), 8-bit PNG: "
+                                "rounding to 8 bits moves each pixel by at most 0.5/255.")
+
 with st.expander("Exact attack parameters"):
     st.json({k: o.params for k, o in result.outcomes.items()})
+
+
+def _report() -> str:
+    return handout.comparison_report(result, names_, image_caption=caption, dataset_name=spec.display_name,
+                                     settings={"hybrid gradient mode": s.grad_mode, "noise": s.noise_label()})
+
+
+st.download_button("Download report", _report, file_name=f"qshield-{s.dataset}-{attack}-report.html",
+                   mime="text/html", icon=":material/download:", type="primary", key="lab_report", on_click="ignore",
+                   help="One HTML file that opens offline: the images, every model's answers before and after, "
+                        "the attack's parameters, its cost and the verdict.")

@@ -37,9 +37,9 @@ metric = st.radio("Ratio of", list(RATIOS), horizontal=True, key="ac_metric", fo
 def _show(frame, key: str) -> None:
     """The ratio chart and the full table for one cost frame."""
     st.plotly_chart(viz.cost_ratio_figure(frame.dropna(subset=[metric]), metric), key=key)
-    st.dataframe(frame.drop(columns=["series"]), hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.3g")
-                                for c in frame.columns if frame[c].dtype.kind == "f"})
+    table = viz.display_frame(frame.drop(columns=["series"]), "{:.3g}")  # missing values as an en dash
+    st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                                        for c in table.columns if table[c].dtype.kind == "f"})
 
 
 st.subheader("From the committed results")

@@ -7,6 +7,7 @@ import streamlit as st
 import torch
 
 from pages import _shared as ui
+from pages import _sources as sources
 from qshield_core import lab, viz
 from qshield_core.data import get_spec
 from qshield_core.noise import NoiseModel
@@ -24,10 +25,18 @@ if not loaded.available:
     st.error(f"{s.hybrid} is unavailable for {spec.display_name}: {loaded.error}")
     st.stop()
 
-entry = ui.pick_sample(s.dataset, "qc")
-if entry is None:
+source = st.radio("Image", ("Shipped sample", "Draw", "Camera"), horizontal=True, key="qc_source")
+if source == "Shipped sample":
+    entry = ui.pick_sample(s.dataset, "qc")
+    pixels = None if entry is None else ui.sample_pixels(entry)
+    image_title = None if entry is None else f"true: {spec.class_names[entry['label']]}"
+elif source == "Draw":
+    pixels, image_title = sources.drawn_image(s.dataset, "qc"), "your drawing"
+else:
+    pixels, image_title = sources.camera_image(s.dataset, "qc"), "your photo"
+if pixels is None:
     st.stop()
-image = torch.from_numpy(ui.sample_pixels(entry))
+image = torch.from_numpy(pixels)
 
 seed_key = f"qc_seed_{s.dataset}"
 st.session_state.setdefault(seed_key, 0)
@@ -55,7 +64,7 @@ st.image(ui.circuit_png(json.dumps(config.to_dict()), angles_key), width="stretc
 
 col_img, col_angles, col_alpha = st.columns([1, 2, 1.3])
 with col_img:
-    st.plotly_chart(viz.image_figure(image.numpy(), f"true: {spec.class_names[entry['label']]}"), key="qc_image")
+    st.plotly_chart(viz.image_figure(image.numpy(), image_title), key="qc_image")
 with col_angles:
     st.markdown("**Encoding angles** (radians)")
     st.plotly_chart(viz.angles_figure(view.angles), key="qc_angles")

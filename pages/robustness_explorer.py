@@ -44,18 +44,18 @@ else:
     if metric == "asr":
         st.caption("Green diamonds: the paper's published ASR at its ε (hybrids in the paper's mode).")
     with st.expander(f"The {len(shown)} plotted cells"):
-        st.dataframe(shown.drop(columns=["series"]), hide_index=True)
+        st.dataframe(viz.display_frame(shown.drop(columns=["series"])), hide_index=True)
     commands = lab.recorded_commands([r for r in records if r.get("dataset") == s.dataset])
     if commands:
-        st.caption("Regenerate with:")
-        st.code("\n".join(commands), language="bash")
+        with st.expander(f"Regenerate these results ({len(commands)} command{'s' if len(commands) > 1 else ''})"):
+            st.code("\n".join(commands), language="bash")
 
 st.subheader(f"The paper's reported attack success rates ({spec.display_name}, ε = {spec.paper_eps * 255:.0f}/255)")
 paper_table = lab.paper_asr_table(s.dataset)
 if paper_table.empty:
     st.info("The paper's figures (`../shared/paper/qshield-paper-results.json`) are not available here.")
 else:
-    st.dataframe(paper_table, hide_index=True)
+    st.dataframe(viz.display_frame(paper_table), hide_index=True)
     st.caption("ASR in %, as published (arXiv 2604.10933, authors' results notebook), about 440 test images a cell.")
 
 # ----------------------------------------------------------------- fresh sweep
@@ -96,5 +96,5 @@ if fresh is not None and fresh.records:
     st.markdown(f"**Your sweep** ({dataset_name}, {fresh.records[0]['n']} shipped images; the app's reduced budgets "
                 "apply to the slowest attacks)")
     st.plotly_chart(viz.robustness_curve_figure(fresh_frame, metric), key="rx_fresh")
-    st.dataframe(fresh_frame[["series", "eps_255", "n", "clean_accuracy", "robust_accuracy", "asr"]],
+    st.dataframe(viz.display_frame(fresh_frame[["series", "eps_255", "n", "clean_accuracy", "robust_accuracy", "asr"]]),
                  hide_index=True)

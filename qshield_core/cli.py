@@ -1,4 +1,4 @@
-"""Command line: ``python -m qshield_core {train,evaluate,table,info,draw,demo} ...``."""
+"""Command line: ``python -m qshield_core {train,evaluate,grid,table,claims,info,draw,demo} ...``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def command_line() -> str:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model and write pretrained/{dataset}-{model}.safetensors + .json")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="classical or hybrid-{none,linear,star,full,ring}")
+    p.add_argument("--model", required=True, help="classical, dnn or hybrid-{none,linear,star,full,ring}")
     p.add_argument("--data-root")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -71,7 +71,7 @@ def _add_evaluate(sub) -> None:
         description="Evaluate cells (dataset x model x gradient mode x attack x eps) on a seeded, class-balanced "
                     "subset of the test split. Resumable: cells already in --json are skipped.")
     p.add_argument("--dataset", required=True, nargs="+", help="mnist, organamnist, cifar10 (several allowed)")
-    p.add_argument("--model", required=True, nargs="+", help="classical, hybrid-{none,linear,star,full}")
+    p.add_argument("--model", required=True, nargs="+", help="classical, dnn, hybrid-{none,linear,star,full}")
     p.add_argument("--grad-mode", nargs="+", default=["paper"], choices=["paper", "differentiable"],
                    help="hybrid gradient mode(s) (default: paper)")
     p.add_argument("--attack", nargs="+", default=["none"],
@@ -90,6 +90,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model-dir", type=Path, help="directory of the shipped models (default pretrained/)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--shots", type=int, default=1000, help="shots per circuit estimate, for the projected cost")
+    p.add_argument("--draws", type=int, default=None,
+                   help="draws of a randomised model's randomness each cell is judged over (default 5; the "
+                        "paper mode is randomised, other models take 1)")
     p.add_argument("--all-attacks", action="store_true",
                    help="also run suite members that do not apply to a model (e.g. EOT on a deterministic one)")
     p.add_argument("--limit", type=int, help="run at most this many cells")
@@ -113,18 +116,85 @@ def _cmd_evaluate(args) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
     cells = plan_cells(args.dataset, args.model, args.grad_mode, args.attack, args.eps, n=args.n, seed=args.seed,
                        backend=args.backend, steps=args.steps, source=args.source,
-                       only_applicable=not args.all_attacks)
+                       only_applicable=not args.all_attacks, data_root=args.data_root)
     if not cells:
         raise ValueError("No cell to run: none of the attacks applies to these models (see --all-attacks).")
     summary = run_cells(cells, args.json, limit=args.limit, shard=args.shard, replace=args.replace,
                         progress=not args.quiet,
                         data_root=args.data_root, model_dir=args.model_dir, batch_size=args.batch_size,
-                        shots=args.shots, command=command_line())
+                        shots=args.shots, draws=args.draws, command=command_line())
     print(f"{len(summary.ran)} cell(s) run, {len(summary.skipped)} already in {args.json}.")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_markdown(load_results(args.json), command=command_line()))
         print(f"wrote {args.markdown}")
+    return 0
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def _add_grid(sub) -> None:
+    p = sub.add_parser(
+        "grid", help="run a grid file (grids/*.toml) on Dask: local worker processes, or a cluster",
+        description="Plan the cells of a grid file's stages and run those not yet in their results files, one "
+                    "task per cell, on a local Dask cluster (one single-threaded worker process per core) or on the "
+                    "cluster at --address / $DASK_SCHEDULER_ADDRESS. Only this process writes the results files.")
+    p.add_argument("grid", type=Path, help="grid file, e.g. grids/results.toml")
+    p.add_argument("--stage", nargs="+", help="only these stages (default: all)")
+    p.add_argument("--dataset", nargs="+", help="only these datasets")
+    p.add_argument("--model", nargs="+", help="only these models")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--address", help="scheduler of a running Dask cluster, e.g. tcp://host:8786 (default: "
+                   "$DASK_SCHEDULER_ADDRESS, else a local cluster is started)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="reruns of a cell whose task fails or whose worker dies, before it is reported (default 2)")
+    p.add_argument("--out-dir", type=Path, help="write each stage's results file into this folder (same file name)")
+    p.add_argument("--source", choices=["auto", "test", "samples"], help="override the grid file's source of points")
+    p.add_argument("--n", type=int, help="points per cell in every run (a quick slice: its cells get other keys)")
+    p.add_argument("--data-root")
+    p.add_argument("--model-dir", type=Path, help="directory of the shipped models (default pretrained/)")
+    p.add_argument("--limit", type=int, help="run at most this many cells")
+    p.add_argument("--replace", action="store_true", help="recompute the cells even if they are in their files")
+    p.add_argument("--dry-run", action="store_true", help="list the cells that would run, and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_grid)
+
+
+def _cmd_grid(args) -> int:
+    from .grid import check_cluster_options, load_grid, pending, plan, run_grid
+
+    if args.retries < 0:
+        raise ValueError(f"--retries must be at least 0, got {args.retries}.")
+    check_cluster_options(args.address, args.workers)
+    data_root = None if args.data_root is None else str(Path(args.data_root).resolve())
+    jobs = plan(load_grid(args.grid), args.stage, args.dataset, args.model, out_dir=args.out_dir, source=args.source,
+                n=args.n, data_root=data_root)
+    if not jobs:
+        raise ValueError(f"No cell to run: {args.grid} plans none for these stages, datasets and models.")
+    todo, _ = pending(jobs, args.replace)
+    to_run = set(todo)
+    for stage in dict.fromkeys(j.stage for j in jobs):
+        mine = [j for j in jobs if j.stage == stage]
+        print(f"stage {stage}: {len(mine)} cells, {sum(j in to_run for j in mine)} to run -> {mine[0].out}")
+    if args.dry_run:
+        for job in todo[:args.limit]:
+            print(job.cell.key)
+        return 0
+    summary = run_grid(jobs, address=args.address, workers=args.workers, retries=args.retries, replace=args.replace,
+                       limit=args.limit, progress=not args.quiet, data_root=data_root,
+                       model_dir=None if args.model_dir is None else str(args.model_dir.resolve()),
+                       command=command_line())
+    print(f"{len(summary.ran)} cell(s) run in {summary.seconds:.0f} s on {len(summary.cells_per_worker)} worker "
+          f"process(es), {len(summary.skipped)} already done.")
+    if summary.models_loaded:
+        print("models loaded / cells run, per worker process: " + ", ".join(
+            f"{w} {summary.models_loaded[w]}/{summary.cells_per_worker[w]}" for w in summary.models_loaded))
+    if summary.failed:
+        print(f"{len(summary.failed)} cell(s) failed (rerun the same command to retry them):", file=sys.stderr)
+        for key, error in summary.failed.items():
+            print(f"  {key}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -177,6 +247,45 @@ def _cmd_table(args) -> int:
     if args.readme:
         args.readme.write_text(updated)
         print(f"updated the tables of {args.readme}")
+    return 0
+
+
+def _add_claims(sub) -> None:
+    p = sub.add_parser(
+        "claims", help="the masking audit and one claim card per model (results/claims.json, README table)",
+        description="For every shipped model and gradient mode with records: clean, paper-protocol and AutoAttack "
+                    "robust accuracy, the per-point worst case over attacks, the masking flags (live checks on "
+                    "shipped samples, and comparisons of attacks on the same points), and whether RobustBench "
+                    "would admit it.")
+    p.add_argument("json", nargs="+", type=Path, help="results file(s) the cards read")
+    p.add_argument("--out", type=Path, default=Path("results/claims.json"))
+    p.add_argument("--markdown", type=Path, help="also write the cards' table here (e.g. results/claims.md)")
+    p.add_argument("--readme", type=Path, help="also update the <!-- qshield:claims --> block of this file")
+    p.add_argument("--dataset", nargs="+", default=["mnist", "organamnist", "cifar10"])
+    p.add_argument("--n-live", type=int, default=30, help="shipped samples the live checks run on")
+    p.add_argument("--model-dir", type=Path)
+    p.set_defaults(func=_cmd_claims)
+
+
+def _cmd_claims(args) -> int:
+    from .audit import claim_cards, load_claims, save_claims
+    from .report import claims_table, update_marked_blocks
+
+    records = _merged_records(args.json)
+    if args.readme and not args.readme.is_file():
+        raise ValueError(f"File to update not found: {args.readme}")
+    cards = claim_cards(records, args.dataset, args.model_dir, args.n_live,
+                        progress=lambda c: print(f"{c.dataset} {c.model} {c.grad_mode or ''}: "
+                                                 f"{sum(bool(f.raised) for f in c.flags)} flag(s) raised"))
+    save_claims(args.out, cards, command_line())
+    table = claims_table(load_claims(args.out))
+    print(f"wrote {args.out} ({len(cards)} cards)")
+    if args.markdown:
+        args.markdown.write_text(f"# Claim cards\n\nRegenerate with: `{command_line()}`\n\n{table}\n")
+        print(f"wrote {args.markdown}")
+    if args.readme:
+        args.readme.write_text(update_marked_blocks(args.readme.read_text(), {"claims": table}))
+        print(f"updated the claims table of {args.readme}")
     return 0
 
 
@@ -278,20 +387,35 @@ def _cmd_demo(args) -> int:
             entries.append(entry)
     print(f"{spec.display_name}: {args.attack} at eps {args.eps or spec.paper_eps:.4f} on {len(entries)} shipped "
           f"test images; hybrid-full in {args.grad_mode} mode")
-    print(f"{'image':<28}{'classical':<22}{'hybrid-full':<22}")
+    rows = [["image", *models]]
     flips = {key: 0 for key in models}
+    correct = {key: 0 for key in models}
+    names = spec.class_names
     for entry in entries:
         result = lab.compare_attack(spec.name, lab.sample_image(entry), entry["label"], args.attack, models,
                                     eps=args.eps, twin=twin, classical=models["classical"])
-        cells = []
+        row = [entry["title"]]
         for key, outcome in result.outcomes.items():
             flips[key] += outcome.flipped
-            names = spec.class_names
-            cells.append(f"{names[outcome.clean_pred]}->{names[outcome.adv_pred]} {outcome.verdict}")
-        print(f"{entry['title']:<28}{cells[0]:<22}{cells[1]:<22}")
-    print("flipped: " + ", ".join(f"{key} {count}/{len(entries)}" for key, count in flips.items()))
+            correct[key] += bool(outcome.clean_correct)
+            row.append(f"{names[outcome.clean_pred]}->{names[outcome.adv_pred]} {outcome.verdict}")
+        rows.append(row)
+    print(format_columns(rows))
+    print("flipped (right before the attack, wrong after): "
+          + ", ".join(f"{key} {flips[key]} of {correct[key]}" for key in models))
+    wrong = {key: len(entries) - correct[key] for key in models if correct[key] < len(entries)}
+    if wrong:
+        print("wrong before (already misclassified, not counted): "
+              + ", ".join(f"{key} {count}" for key, count in wrong.items()))
     print("Try --grad-mode differentiable, or --attack autoattack: see README 'Results'.")
     return 0
+
+
+def format_columns(rows: list[list[str]], gap: int = 3) -> str:
+    """Left-aligned text columns, each as wide as its longest cell plus ``gap`` spaces (none after the last)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("".join(cell.ljust(width + gap) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_grid(sub)
     _add_table(sub)
+    _add_claims(sub)
     _add_info(sub)
     _add_draw(sub)
     _add_demo(sub)

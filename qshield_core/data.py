@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .hashing import file_digest, files_digest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = REPO_ROOT / "assets"
 SAMPLES_INDEX = ASSETS_DIR / "samples" / "index.json"
@@ -285,12 +287,6 @@ def dataset_available(dataset: str, data_root: str | os.PathLike | None = None) 
 # --------------------------------------------------------------------------- checksums
 
 
-def _file_digest(path: Path, algo: str) -> str:
-    digest = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_checksum(dataset: str, data_root: str | os.PathLike | None = None) -> dict:
@@ -298,22 +294,16 @@ def data_checksum(dataset: str, data_root: str | os.PathLike | None = None) -> d
     spec = get_spec(dataset)
     root = resolve_data_root(data_root).path
     if spec.name == "mnist":
-        values = {f: _file_digest(root / "MNIST" / "raw" / f, "md5") for f in KNOWN_CHECKSUMS["mnist"]}
+        values = {f: file_digest(root / "MNIST" / "raw" / f, "md5") for f in KNOWN_CHECKSUMS["mnist"]}
         return {"algorithm": "md5", "files": values, "matches_published": values == KNOWN_CHECKSUMS["mnist"]}
     if spec.name == "organamnist":
-        value = _file_digest(root / "organamnist.npz", "sha256")
+        value = file_digest(root / "organamnist.npz", "sha256")
         return {"algorithm": "sha256", "file": "organamnist.npz", "value": value,
                 "matches_published": value == KNOWN_CHECKSUMS["organamnist"]}
     if (root / "cifar-10-batches-py").is_dir():
-        files = sorted((root / "cifar-10-batches-py").glob("*_batch*"))
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(f.read_bytes())
-        return {"algorithm": "sha256", "file": "cifar-10-batches-py/*_batch* (sorted)", "value": digest.hexdigest()}
-    digest = hashlib.sha256()
-    for f in sorted((root / "cifar10-jpeg").rglob("*.jpg")):
-        digest.update(f.read_bytes())
-    value = digest.hexdigest()
+        value = files_digest(sorted((root / "cifar-10-batches-py").glob("*_batch*")))
+        return {"algorithm": "sha256", "file": "cifar-10-batches-py/*_batch* (sorted)", "value": value}
+    value = files_digest(sorted((root / "cifar10-jpeg").rglob("*.jpg")))
     return {"algorithm": "sha256", "file": "cifar10-jpeg/**/*.jpg concatenated in sorted path order",
             "value": value, "matches_published": value == KNOWN_CHECKSUMS["cifar10-jpeg"]}
 
@@ -392,6 +382,16 @@ def prepare_upload(data: bytes, dataset: str) -> PreparedImage:
     converted, and each conversion is reported in ``notes``.
     """
     spec = get_spec(dataset)
+    img, fmt = open_image(data)
+    return _conform(img, spec, fmt)
+
+
+def open_image(data: bytes) -> tuple[Image.Image, str | None]:
+    """Validate image bytes (uploads, drawings, camera shots) and decode them: (loaded image, format).
+
+    Raises :class:`ImageInputError` with a message for the user when the bytes are empty, over
+    :data:`MAX_UPLOAD_BYTES`, over :data:`MAX_UPLOAD_PIXELS`, or not a readable image.
+    """
     if len(data) == 0:
         raise ImageInputError("The uploaded file is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -407,9 +407,9 @@ def prepare_upload(data: bytes, dataset: str) -> PreparedImage:
                     f"The image is {width}x{height} pixels; the limit is {MAX_UPLOAD_PIXELS:,} pixels."
                 )
             probe.verify()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return _conform(img, spec, fmt)
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img, fmt
     except ImageInputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

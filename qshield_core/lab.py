@@ -26,16 +26,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import evaluation, report, zoo
+from . import evaluation, report, rng, zoo
 from .attacks import ATTACKS, EPS_RANGE, attack_params, get_attack
 from .data import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, REPO_ROOT, Sample, get_spec, list_samples, load_sample_image
 from .evaluation import (
     EVAL_SEED_OFFSET,
-    attack_metrics,
     evaluation_points,
     perturbation_norms,
     predict_probs,
-    projected_circuit_executions,
     run_attack,
 )
 from .models import QShieldHybrid
@@ -150,8 +148,7 @@ class QuantumView:
 
 def quantum_view(model: QShieldHybrid, image: torch.Tensor, seed: int = 0) -> QuantumView:
     """Run ``image`` (C, H, W) through ``model.details``; ``seed`` fixes the paper mode's projection draw."""
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with torch.no_grad(), rng.seeded(seed):
         out = model.details(image.unsqueeze(0))
     return QuantumView(
         config=model.circuit_config,
@@ -319,6 +316,26 @@ def attack_choices(dataset: str) -> list[AttackChoice]:
     return out
 
 
+FLIPPED, HELD, WRONG_BEFORE, CHANGED, UNCHANGED = "flipped", "held", "wrong before", "changed", "unchanged"
+VERDICTS = (FLIPPED, HELD, WRONG_BEFORE, CHANGED, UNCHANGED)
+"""What an attack did to one image, the one meaning used by the app's badge, the CLI demo and the handout."""
+
+
+def attack_verdict(label: int | None, clean_pred: int, adv_pred: int) -> str:
+    """The verdict on one attacked image, defined once (as the ASR counts it: ``evaluation.attack_metrics``).
+
+    ``flipped``: correct before the attack, wrong after it. ``held``: correct before and after.
+    ``wrong before``: the model was already wrong before the attack (the attack gets no credit).
+    With an unknown true class (a drawing, a photo) only the honest comparison with the clean answer is
+    left: ``changed`` or ``unchanged``.
+    """
+    if label is None:
+        return CHANGED if adv_pred != clean_pred else UNCHANGED
+    if clean_pred != label:
+        return WRONG_BEFORE
+    return HELD if adv_pred == label else FLIPPED
+
+
 @dataclass
 class ModelAttack:
     """One model's side of the Attack Lab: before, after, the perturbation and the attacker's cost."""
@@ -355,12 +372,18 @@ class ModelAttack:
 
     @property
     def flipped(self) -> bool:
-        """The attack changed the model's answer."""
+        """Correct before the attack, wrong after it (False when the true class is unknown)."""
+        return self.verdict == FLIPPED
+
+    @property
+    def changed(self) -> bool:
+        """The attack changed the model's answer (whatever the true class)."""
         return self.adv_pred != self.clean_pred
 
     @property
     def verdict(self) -> str:
-        return "flipped" if self.flipped else "held"
+        """One of :data:`VERDICTS`, by :func:`attack_verdict`."""
+        return attack_verdict(self.label, self.clean_pred, self.adv_pred)
 
     @property
     def clean_correct(self) -> bool | None:
@@ -485,68 +508,48 @@ class Sweep:
 def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str], eps_values: Sequence[float], n: int,
           *, twin: LoadedModel | None = None, classical: LoadedModel | None = None, seed: int = 0,
           progress: Progress | None = None, cancel: threading.Event | None = None, app_budget: bool = True,
-          batch_size: int = 64) -> Sweep:
+          batch_size: int = 64, draws: int | None = None) -> Sweep:
     """Attack ``n`` shipped samples (class-balanced, seeded) with every attack and epsilon, per model.
 
-    Returns records with the same metric fields as the committed results (clean and robust
-    accuracy, ASR, Wilson intervals, time and passes per image, projected circuit runs).
+    Every record comes from the evaluation engine's one runner (:func:`qshield_core.evaluation.evaluate`),
+    so it carries the same key, per-point outcomes, cost fields and multi-draw figures as a CLI cell
+    on the shipped samples; with ``app_budget`` the key and the record say which budget was lowered.
     ``progress`` is updated after every batch; setting ``cancel`` stops after the current batch.
     """
     spec = get_spec(dataset)
     points = evaluation_points(spec.name, n, seed, source="samples")
     jobs = [(key, get_attack(a), eps) for key, loaded in models.items() if loaded.available for a in attacks
             for eps in (eps_values if get_attack(a).uses_eps else [None])]
-    batches = list(range(0, len(points.labels), batch_size))
-    total = max(len(jobs) * len(batches), 1)
+    per_job = -(-len(points.labels) // batch_size)
+    total = max(len(jobs) * per_job, 1)
     result = Sweep()
     for j, (key, aspec, eps) in enumerate(jobs):
         loaded = models[key]
         budget = dict(APP_BUDGET.get(aspec.name, {})) if app_budget else {}
         steps = budget.pop(aspec.steps_param, None) if aspec.steps_param else None
         surrogate, source = surrogate_for(aspec.name, loaded, twin, classical)
-        outcomes = []
-        for b, start in enumerate(batches):
-            if cancel is not None and cancel.is_set():
-                result.cancelled = True
-                return result
+        eps_text = "" if eps is None else f", ε = {eps * 255:.1f}/255"
+        message = f"{loaded.label} · {aspec.display_name}{eps_text}"
+        if progress is not None:
+            progress.update(j * per_job, total, message)
+
+        def on_batch(done: int, _total: int, j=j, message=message) -> None:
             if progress is not None:
-                eps_text = "" if eps is None else f", ε = {eps * 255:.1f}/255"
-                progress.update(j * len(batches) + b, total, f"{loaded.label} · {aspec.display_name}{eps_text}")
-            x = points.images[start:start + batch_size]
-            y = points.labels[start:start + batch_size]
-            outcomes.append(run_attack(InferenceOnly(loaded.model), x, y, aspec.name, spec.name, eps=eps, steps=steps,
-                                       surrogate=surrogate, seed=seed + b, **budget))
-        result.records.append(_sweep_record(spec.name, loaded, aspec.name, eps, points, outcomes, source, seed))
+                progress.update(j * per_job + done, total, message)
+
+        try:
+            record = evaluation.evaluate(
+                InferenceOnly(loaded.model), loaded.card, points, spec.name, loaded.name, loaded.grad_mode,
+                aspec.name, eps=eps, steps=steps, seed=seed, surrogate=surrogate, batch_size=batch_size, draws=draws,
+                overrides=budget, command=None, on_batch=on_batch,
+                should_stop=None if cancel is None else cancel.is_set)
+        except evaluation.Cancelled:
+            result.cancelled = True
+            return result
+        result.records.append(dict(record, gradient_source=source, source_file="fresh sweep (this session)"))
     if progress is not None:
         progress.update(total, total, "done")
     return result
-
-
-def _sweep_record(dataset: str, loaded: LoadedModel, attack: str, eps: float | None, points, outcomes: list,
-                  gradient_source: str, seed: int) -> dict:
-    """One record of a fresh sweep, in the committed results' field names."""
-    aspec = get_attack(attack)
-    n = len(points.labels)
-    clean = torch.cat([o.clean_pred for o in outcomes])
-    adv = torch.cat([o.adv_pred for o in outcomes])
-    sizes = [len(o.labels) for o in outcomes]
-    seconds = sum(o.seconds for o in outcomes)
-    fwd = sum(o.forwards_per_image * k for o, k in zip(outcomes, sizes, strict=True)) / n
-    bwd = sum(o.backwards_per_image * k for o, k in zip(outcomes, sizes, strict=True)) / n
-    record = {
-        "dataset": dataset, "model": loaded.name, "grad_mode": loaded.grad_mode, "attack": attack,
-        "attack_display": aspec.display_name, "suite": aspec.suite, "eps": eps,
-        "eps_255": None if eps is None else round(eps * 255, 4), "params": outcomes[0].params, "seed": seed,
-        "points": {"source": points.source, "selection": points.selection},
-        "gradient_source": gradient_source, "source_file": "fresh sweep (this session)",
-        **attack_metrics(points.labels, clean, adv),
-        "seconds_per_image": seconds / n, "forwards_per_image": fwd, "backwards_per_image": bwd,
-    }
-    if isinstance(loaded.model, QShieldHybrid):
-        through = loaded.grad_mode == "differentiable"
-        record["projected_circuit_executions"] = projected_circuit_executions(
-            fwd, bwd, loaded.model.circuit_config.n_qubits, gradient_through_circuit=through)
-    return record
 
 
 # --------------------------------------------------------------------------- result frames
@@ -583,18 +586,13 @@ def model_label(model: str, grad_mode: str | None) -> str:
 def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.DataFrame:
     """Attack records as a flat frame for the curves: one row per (model, mode, attack, eps).
 
-    Where several records share that identity, the preset-budget record with the most points wins.
+    Where several records share that identity, :func:`qshield_core.evaluation.select_record` picks one.
     """
-    rows = {}
-    for r in records:
-        if r.get("eps") is None or "robust_accuracy" not in r or (dataset and r.get("dataset") != dataset):
-            continue
-        identity = (r["dataset"], r["model"], r.get("grad_mode"), r["attack"], round(float(r["eps"]), 6))
-        rank = (evaluation.is_preset_budget(r), r.get("n", 0))
-        if identity not in rows or rank > rows[identity][0]:
-            rows[identity] = (rank, r)
+    chosen = evaluation.select_records(
+        r for r in records
+        if r.get("eps") is not None and "robust_accuracy" in r and not (dataset and r.get("dataset") != dataset))
     out = []
-    for (_, r) in rows.values():
+    for r in chosen.values():
         asr_ci = r.get("asr_ci") or [np.nan, np.nan]
         ra_ci = r.get("robust_accuracy_ci") or [np.nan, np.nan]
         label = model_label(r["model"], r.get("grad_mode"))
@@ -625,7 +623,7 @@ def paper_reference_frame(dataset: str) -> pd.DataFrame:
     for (d, model, attack), asr in report.paper_asr(paper).items():
         if d != spec.name:
             continue
-        mode = None if model == "classical" else "paper"
+        mode = None if not model.startswith("hybrid-") else "paper"
         attack_name = ATTACKS[attack]
         eps = spec.paper_eps if attack_name.uses_eps else None
         if eps is not None:
@@ -658,19 +656,15 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
     frame_rows = []
     paper = report.load_paper_results()
     paper_seconds = report.paper_attack_seconds(paper) if paper else {}
-    chosen: dict[tuple, dict] = {}
-    for r in records:
-        if r.get("dataset") != dataset or "seconds_per_image" not in r or r.get("attack") in (None, "none"):
+    chosen = evaluation.select_records(
+        r for r in records
+        if r.get("dataset") == dataset and "seconds_per_image" in r and r.get("attack") not in (None, "none"))
+    for (_, model, mode, attack, eps), hyb in chosen.items():
+        if not model.startswith("hybrid-"):
             continue
-        eps = None if r.get("eps") is None else round(float(r["eps"]), 6)
-        identity = (r["model"], r.get("grad_mode"), r["attack"], eps, evaluation.is_preset_budget(r))
-        if identity not in chosen or r.get("n", 0) > chosen[identity].get("n", 0):
-            chosen[identity] = r
-    for (model, mode, attack, eps, preset), hyb in chosen.items():
-        if model == "classical":
-            continue
-        cnn = chosen.get(("classical", None, attack, eps, preset))
-        if cnn is None:
+        cnn = chosen.get((dataset, "classical", None, attack, eps))
+        preset = evaluation.is_preset_budget(hyb)
+        if cnn is None or evaluation.is_preset_budget(cnn) != preset:
             continue
         proj = hyb.get("projected_circuit_executions") or {}
         p_cnn, p_hyb = paper_seconds.get((dataset, "classical", attack)), paper_seconds.get((dataset, model, attack))
@@ -764,3 +758,89 @@ python bench/bench_app.py                  # this app's responsiveness (first pa
 def recorded_commands(records: Sequence[dict]) -> list[str]:
     """The distinct commands that produced the given records (each record stores its own)."""
     return sorted({r["command"] for r in records if r.get("command")})
+
+
+# --------------------------------------------------------------------------- claim cards
+
+CLAIMS_FILE_NAME = "claims.json"
+CLAIMS_COMMAND = ("python -m qshield_core claims results/paper-reproduction.json results/adaptive.json "
+                  "results/sanity.json --out results/claims.json --markdown results/claims.md --readme README.md")
+CLAIMS_EXPLAINED = """\
+- **Paper-protocol PGD** and **AutoAttack**: robust accuracy (correct before and after the attack) with its 95 %
+  Wilson interval and n. For a randomised model (the paper mode redraws its projection at every call) the
+  adversarial images are also judged over 5 draws of the randomness: mean ± standard deviation.
+- **Worst case over attacks**: a point counts as robust only if it survives every attack run on it, over the points
+  that every attack saw (the seeded subsets are nested, so n is the smallest cell's).
+- **Masking audit** (after AutoAttack's own checks and RobustBench's admission rules): *randomised forward pass*
+  (two identical calls differ), *branch cut from the input gradient* (the quantum branch has zero input gradient),
+  *zero input gradients*, *robust accuracy at eps = 1* (ART's security-curve check: with an unbounded budget every
+  point must fall), *gradient-free or transfer attack beats white-box ones* and *EOT gains over the plain attack*
+  (both compared on the same points, beyond sampling noise). The live checks run on 30 shipped samples.
+"""
+
+
+def load_claim_cards(path: Path | None = None) -> tuple[list[dict], str | None]:
+    """The committed claim cards, and the problem met reading them (None when fine or absent)."""
+    from .audit import load_claims
+
+    try:
+        return load_claims(path or RESULTS_DIR / CLAIMS_FILE_NAME), None
+    except (OSError, ValueError, KeyError) as err:
+        return [], f"The claim cards could not be read ({err})."
+
+
+@dataclass
+class ClaimCardView:
+    """What the Claims page shows of one card: a title, four headline figures, the verdict, the flags."""
+
+    title: str
+    figures: list[tuple[str, str, str]]
+    admitted: bool
+    reasons: list[str]
+    flags: pd.DataFrame
+
+
+def _claim_figure(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    text = f"{100 * entry['robust_accuracy']:.1f} %"
+    draws = entry.get("draws")
+    if draws:
+        text += f" (±{100 * draws['robust_accuracy']['std']:.1f})"
+    return text
+
+
+def _claim_help(entry: dict | None, what: str) -> str:
+    if not entry:
+        return f"No {what} record committed."
+    text = f"{what}: 95 % interval {evaluation.format_interval(entry['robust_accuracy_ci'])}, n = {entry['n']}"
+    draws = entry.get("draws")
+    if draws:
+        spread = draws["robust_accuracy"]
+        text += (f"; over {draws['n_draws']} draws of the randomness: mean {100 * spread['mean']:.1f} %, "
+                 f"range {100 * spread['min']:.1f}-{100 * spread['max']:.1f} %")
+    return text
+
+
+def claim_card_view(card: dict) -> ClaimCardView:
+    """Arrange one committed claim card for the page (no computation)."""
+    spec = get_spec(card["dataset"])
+    clean = card.get("clean_accuracy")
+    worst = card.get("worst_case")
+    aa = card.get("autoattack")
+    figures = [
+        ("clean accuracy", "–" if not clean else f"{100 * clean['accuracy']:.1f} %",
+         "No clean record." if not clean else f"n = {clean['n']}, 95 % interval "
+         f"{evaluation.format_interval(clean['ci'])}"),
+        ("paper-protocol PGD", _claim_figure(card.get("paper_protocol")),
+         _claim_help(card.get("paper_protocol"), "PGD-10 as the paper runs it")),
+        ("AutoAttack" + (" (rand)" if aa and aa["attack"] == "autoattack-rand" else ""), _claim_figure(aa),
+         _claim_help(aa, "AutoAttack")),
+        ("worst case over attacks", _claim_figure(worst),
+         "No per-point records." if not worst else _claim_help(worst, f"{len(worst['attacks'])} attacks") + "."),
+    ]
+    flags = pd.DataFrame([{"check": f["title"], "result": {True: "raised", False: "clear", None: "not measured"}[
+        f["raised"]], "evidence": f["evidence"], "what it means": f["advice"] or "–"} for f in card["flags"]])
+    label = model_label(card["model"], card.get("grad_mode"))
+    title = f"{spec.display_name} · {label} · ε = {card['eps'] * 255:.0f}/255"
+    return ClaimCardView(title, figures, card["robustbench_admissible"], card["admission_reasons"], flags)

@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fusion_ops
 from .data import DatasetSpec, get_spec
 from .quantum import CircuitConfig, FeatureEncoder, QuantumCircuitLayer
 
 GRAD_MODES = ("paper", "differentiable")
-MODEL_NAMES = ("classical", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full")
+MODEL_NAMES = ("classical", "dnn", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full")
+BASELINES = ("classical", "dnn")
+"""The models without a quantum branch (no gradient modes): the CNN and the paper's fully-connected DNN."""
 
 
 class Normalize(nn.Module):
@@ -90,25 +93,46 @@ def build_classifier(dataset: str, architecture: str | None = None,
     return nn.Sequential(Normalize(spec.mean, spec.std), factory(spec.channels, spec.num_classes, widths))
 
 
+# --------------------------------------------------------------------------- the DNN baseline
+
+DNN_WIDTHS = {"mnist": (512, 256, 128), "organamnist": (512, 256, 128), "cifar10": (1024, 512, 256, 128)}
+"""Hidden widths of the paper's DNN per dataset (its notebook, "The CNN and DNN Models")."""
+DNN_DROPOUT = 0.2
+
+
+def mlp(in_features: int, num_classes: int, widths: tuple[int, ...], dropout: float = DNN_DROPOUT) -> nn.Sequential:
+    """Flatten, then Linear -> BatchNorm1d -> ReLU -> Dropout per hidden width, then a linear head (logits)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in widths:
+        layers += [nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def build_dnn(dataset: str) -> nn.Sequential:
+    """The paper's DNN baseline (QShield, Azimi et al. 2026): a fully-connected network on the flattened image.
+
+    As the authors' notebook defines it: MNIST and OrganAMNIST 784 -> 512 -> 256 -> 128 -> C, CIFAR-10
+    3072 -> 1024 -> 512 -> 256 -> 128 -> 10, each hidden layer Linear, BatchNorm, ReLU, Dropout(0.2).
+    Like the CNNs it takes images in [0, 1] with ``Normalize`` as its first layer (theirs had none: the
+    first BatchNorm makes the difference a re-parametrisation) and returns logits (theirs log-softmax).
+    """
+    spec = get_spec(dataset)
+    in_features = spec.channels * spec.image_size * spec.image_size
+    return nn.Sequential(Normalize(spec.mean, spec.std), mlp(in_features, spec.num_classes, DNN_WIDTHS[spec.name]))
+
+
 # --------------------------------------------------------------------------- fusion
 
 
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row std, max and kurtosis."""
-    mean = x.mean(-1, keepdim=True)
-    centred = x - mean
-    var = centred.pow(2).mean(-1)
-    std = var.clamp_min(1e-12).sqrt()
-    kurtosis = centred.pow(4).mean(-1) / var.clamp_min(1e-12).pow(2)
-    return std, x.max(-1).values, kurtosis
-
-
 def fusion_statistics(cnn_logits: torch.Tensor, quantum_log_probs: torch.Tensor) -> torch.Tensor:
-    """The paper's 7 statistics: std, max, kurtosis of each branch, and their Pearson correlation."""
-    a = cnn_logits - cnn_logits.mean(-1, keepdim=True)
-    b = quantum_log_probs - quantum_log_probs.mean(-1, keepdim=True)
-    corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
-    return torch.stack([*_moments(cnn_logits), *_moments(quantum_log_probs), corr], -1)
+    """The paper's 7 statistics: std, max, kurtosis of each branch, and their Pearson correlation.
+
+    One autograd node (:mod:`qshield_core.fusion_ops`): values bit-identical to the op-by-op formula
+    :func:`~qshield_core.fusion_ops.reference_statistics`, backward pass written out.
+    """
+    return fusion_ops.fusion_statistics(cnn_logits, quantum_log_probs)
 
 
 class DynamicFusion(nn.Module):
@@ -124,18 +148,17 @@ class DynamicFusion(nn.Module):
         )
 
     def alpha(self, cnn_logits: torch.Tensor, quantum_probs: torch.Tensor) -> torch.Tensor:
+        """Alpha per sample. In evaluation mode statistics and MLP are one autograd node (same values)."""
+        if fusion_ops.supports_inference_alpha(self.mlp):
+            return fusion_ops.inference_alpha(self.mlp, cnn_logits, quantum_probs)
         stats = fusion_statistics(cnn_logits, quantum_probs.clamp_min(1e-10).log())
         return self.mlp(stats).squeeze(-1)
 
     @staticmethod
     def fuse(cnn_logits: torch.Tensor, quantum_probs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Amplitude-level fusion; returns log-probabilities (N, C)."""
-        a = alpha.clamp(1e-6, 1 - 1e-6).unsqueeze(-1)
-        amplitude = a * F.softmax(cnn_logits, -1).clamp_min(1e-12).sqrt() + (1 - a**2).sqrt() * (
-            quantum_probs.clamp_min(1e-12).sqrt())
-        probs = amplitude.pow(2)
-        probs = probs / probs.sum(-1, keepdim=True)
-        return probs.clamp_min(1e-12).log()
+        """Amplitude-level fusion; returns log-probabilities (N, C). One autograd node, values bit-identical
+        to the op-by-op :func:`~qshield_core.fusion_ops.reference_fuse`."""
+        return fusion_ops.fuse(cnn_logits, quantum_probs, alpha)
 
 
 # --------------------------------------------------------------------------- hybrid
@@ -189,6 +212,11 @@ class QShieldHybrid(nn.Module):
         self._grad_mode = value
 
     @property
+    def randomised(self) -> bool:
+        """Whether two identical forward passes may differ: the paper mode redraws its projection."""
+        return self._grad_mode == "paper"
+
+    @property
     def backend(self) -> str:
         return self.quantum.backend
 
@@ -227,10 +255,12 @@ def hybrid_circuit_for(model_name: str, spec: DatasetSpec, **overrides) -> Circu
 
 def build_model(dataset: str, model_name: str, circuit: CircuitConfig | None = None, grad_mode: str = "paper",
                 backend: str = "fast", projection_seed: int = 0) -> nn.Module:
-    """A fresh (untrained) model by name: ``classical`` or ``hybrid-<entanglement>``."""
+    """A fresh (untrained) model by name: ``classical``, ``dnn`` or ``hybrid-<entanglement>``."""
     spec = get_spec(dataset)
     if model_name == "classical":
         return build_classifier(spec.name)
+    if model_name == "dnn":
+        return build_dnn(spec.name)
     if not model_name.startswith("hybrid-"):
         raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)} "
                          "(or hybrid-ring).")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import rng
 from .noise import NoiseModel
 from .simulator import FastCircuitSimulator, qubits_for_classes
 
@@ -224,7 +225,8 @@ class FeatureEncoder(nn.Module):
     (RX, RY, RZ) triple per qubit. ``angle``: RY = 2 pi sigmoid(mean of a group of features).
 
     The projection is either ``fixed`` (drawn once from ``projection_seed`` and stored with the
-    weights) or drawn afresh from torch's global generator at every call (the paper's behaviour).
+    weights) or drawn afresh at every call (the paper's behaviour), from the generator of the seeded scope
+    the call runs in (:func:`qshield_core.rng.generator`), or unseeded outside any scope.
     """
 
     def __init__(self, num_features: int, config: CircuitConfig, projection_seed: int = 0) -> None:
@@ -251,6 +253,6 @@ class FeatureEncoder(nn.Module):
         mean = features.mean(-1, keepdim=True)
         std = features.std(-1, keepdim=True, unbiased=False)
         standardised = (features - mean) / (std + 1e-8)
-        projection = self.draw_projection().to(features) if random_projection else self.fixed_projection
+        projection = self.draw_projection(rng.generator()).to(features) if random_projection else self.fixed_projection
         values = standardised @ projection.to(features.dtype)
         return (np.pi * torch.tanh(values)).reshape(*features.shape[:-1], self.config.n_qubits, 3)

@@ -14,11 +14,16 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .attacks import ATTACKS, PAPER_ATTACKS
 from .data import REPO_ROOT, get_spec
-from .evaluation import difference_interval, is_preset_budget, unpack_bits
+from .evaluation import (
+    difference_interval,
+    is_preset_budget,
+    select_record,
+    select_records,
+    strongest,
+    worst_case,
+)
 from .evaluation import format_interval as _ci
 from .evaluation import format_percent as _pct
 
@@ -26,7 +31,7 @@ PAPER_RESULTS_CANDIDATES = (
     REPO_ROOT / "assets" / "paper" / "qshield-paper-results.json",
     REPO_ROOT.parent / "shared" / "paper" / "qshield-paper-results.json",
 )
-PAPER_MODELS = {"CNN": "classical", "HQCNN-None": "hybrid-none", "HQCNN-Linear": "hybrid-linear",
+PAPER_MODELS = {"DNN": "dnn", "CNN": "classical", "HQCNN-None": "hybrid-none", "HQCNN-Linear": "hybrid-linear",
                 "HQCNN-Star": "hybrid-star", "HQCNN-Full": "hybrid-full"}
 PAPER_DATASETS = {"MNIST": "mnist", "OrganAMNIST": "organamnist", "CIFAR-10": "cifar10"}
 PAPER_POINTS_PER_CELL = 440
@@ -87,17 +92,13 @@ def _model_label(r: dict) -> str:
 
 
 def _best(records: Iterable[dict]) -> dict | None:
-    """Among records of the same cell identity, the one with the most points."""
-    records = list(records)
-    return max(records, key=lambda r: r["n"]) if records else None
+    """Among records of the same cell identity, the one that stands for the cell (:func:`select_record`)."""
+    return select_record(records)
 
 
-def _largest_per_attack(records: Iterable[dict]) -> list[dict]:
-    """For each attack, its record on the most points (a quick sweep never outranks the full cell)."""
-    by_attack: dict[str, list[dict]] = {}
-    for r in records:
-        by_attack.setdefault(r["attack"], []).append(r)
-    return [_best(rs) for rs in by_attack.values()]
+def _one_per_attack(records: Iterable[dict]) -> list[dict]:
+    """For each attack (and eps), the record that stands for it (a quick sweep never outranks the full cell)."""
+    return list(select_records(records).values())
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -199,51 +200,51 @@ def paper_summary_table(records: list[dict], paper: dict | None,
     return _table(header, rows) if rows else ""
 
 
-def _union_robust(records: list[dict]) -> tuple[float, int, int] | None:
-    """Per-point worst case over attacks: a point is robust only if it survives every attack run on it.
+def _same_points(records: Sequence[dict]) -> list[dict]:
+    """The records on the test split when there are any, else those on the shipped samples."""
+    on_test = [r for r in records if (r.get("points") or {}).get("kind", "test") == "test"]
+    return on_test or list(records)
 
-    Only records on the same points can be combined. Each set of points gives an upper bound on the
-    model's robust accuracy; the lowest (the tightest) is returned as (robust accuracy, number of
-    attacks, n), or None when no record keeps its per-point outcomes.
-    """
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        if "adv_correct" in (r.get("per_point") or {}):
-            groups.setdefault(r["points"]["indices_sha256"], []).append(r)
-    worst_cases = []
-    for group in groups.values():
-        n = group[0]["n"]
-        robust = np.ones(n, dtype=bool)
-        for r in group:
-            robust &= unpack_bits(r["per_point"]["clean_correct"], n) & unpack_bits(r["per_point"]["adv_correct"], n)
-        worst_cases.append((float(robust.mean()), len(group), n))
-    return min(worst_cases, key=lambda w: (w[0], -w[1], -w[2]), default=None)
+
+def union_robust(records: list[dict]):
+    """Per-point worst case over attacks (:func:`~qshield_core.evaluation.worst_case`): a point is robust
+    only if it survives every attack, taken over the points that every attack saw; one record per attack."""
+    return worst_case(_same_points(_one_per_attack(records)))
+
+
+def _on_common_points(records: list[dict]) -> dict | None:
+    """Of several records, the one with the lowest robust accuracy on the points all of them saw."""
+    records = _same_points(records)
+    if len(records) < 2:
+        return records[0] if records else None
+    found = strongest(records)
+    if found is None or len(found[1].per_attack) < len(records):
+        return min(records, key=lambda r: r["robust_accuracy"])
+    return found[0]
 
 
 def _autoattack_robust(records: list[dict], eps: float) -> str:
-    """The lower robust accuracy of AutoAttack standard and rand at ``eps`` (with its interval)."""
-    found = [r for r in records if r["attack"] in ("autoattack", "autoattack-rand") and _same(r["eps"], eps)]
-    worst = min(found, key=lambda r: r["robust_accuracy"], default=None)
+    """AutoAttack's robust accuracy at ``eps`` (standard or rand, whichever is lower on the same points), with
+    its interval and n."""
+    found = _one_per_attack(r for r in records if r["attack"] in ("autoattack", "autoattack-rand")
+                            and _same(r["eps"], eps))
+    worst = _on_common_points(found)
     if worst is None:
         return "-"
-    tag = " (rand)" if worst["attack"] == "autoattack-rand" else ""
-    return f"{_pct(worst['robust_accuracy'])} {_ci(worst['robust_accuracy_ci'])}{tag}"
+    tag = "rand, " if worst["attack"] == "autoattack-rand" else ""
+    return f"{_pct(worst['robust_accuracy'])} {_ci(worst['robust_accuracy_ci'])} ({tag}n = {worst['n']})"
 
 
 def strongest_attacks(records: list[dict], dataset: str) -> tuple[dict | None, dict | None, dict | None]:
     """For the records of one model at the dataset's paper eps: the paper-protocol PGD record, and
-    the paper-suite and adaptive records with the highest ASR.
-
-    Each attack is represented by its cell with the most points, so a quick sweep (e.g. the
-    sanity checks' n = 100) never outranks the full cell of the same attack.
-    """
+    the paper-suite and adaptive attacks that leave the lowest robust accuracy, compared on the
+    points every attack of the side saw (one record per attack, :func:`select_record`)."""
     eps = get_spec(dataset).paper_eps
     at_paper = [r for r in records if r.get("eps") is not None and _same(r["eps"], eps) and r.get("asr") is not None]
-    paper_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "paper")
-    adapt_side = _largest_per_attack(r for r in at_paper if r.get("suite") == "adaptive")
+    paper_side = _one_per_attack(r for r in at_paper if r.get("suite") == "paper")
+    adapt_side = _one_per_attack(r for r in at_paper if r.get("suite") == "adaptive")
     pgd = _best(r for r in paper_side if r["attack"] == "pgd" and is_preset_budget(r))
-    return (pgd, max(paper_side, key=lambda r: r["asr"], default=None),
-            max(adapt_side, key=lambda r: r["asr"], default=None))
+    return pgd, _on_common_points(paper_side), _on_common_points(adapt_side)
 
 
 def adaptive_table(records: list[dict]) -> str:
@@ -257,15 +258,18 @@ def adaptive_table(records: list[dict]) -> str:
                 and (r["grad_mode"] or "") == mode and r.get("suite")]
         at_paper = [r for r in mine if r["eps"] is None or _same(r["eps"], spec.paper_eps)]
         pgd, strongest_paper, strongest = strongest_attacks(mine, dataset)
-        union = _union_robust([r for r in at_paper if r["eps"] is not None])
+        union = union_robust([r for r in at_paper if r["eps"] is not None])
         rows.append([
             spec.display_name, model + (f" ({mode})" if mode else ""),
             "-" if pgd is None else f"{_pct(pgd['asr'])} {_ci(pgd['asr_ci'])}",
-            "-" if strongest_paper is None else f"{_pct(strongest_paper['asr'])} ({strongest_paper['attack']})",
+            "-" if strongest_paper is None
+            else f"{_pct(strongest_paper['asr'])} ({strongest_paper['attack']}, n = {strongest_paper['n']})",
             "-" if strongest is None
-            else f"**{_pct(strongest['asr'])}** {_ci(strongest['asr_ci'])} ({strongest['attack']})",
+            else (f"**{_pct(strongest['asr'])}** {_ci(strongest['asr_ci'])} "
+                  f"({strongest['attack']}, n = {strongest['n']})"),
             _autoattack_robust(mine, spec.paper_eps), _autoattack_robust(mine, spec.common_eps),
-            "-" if union is None else f"{_pct(union[0])} ({union[1]} attacks, n = {union[2]})",
+            "-" if union is None else (f"{_pct(union.robust_accuracy)} {_ci(union.robust_accuracy_ci)} "
+                                       f"({len(union.attacks)} attacks, n = {union.n})"),
         ])
     header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
               "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",
@@ -278,8 +282,10 @@ def _section_adaptive(records: list[dict]) -> str:
     if not table:
         return ""
     return ("## Adaptive attacks\n\nASR and robust accuracy in % [95 % CI]; paper eps: MNIST 32/255, OrganAMNIST "
-            "8/255, CIFAR-10 2/255; common eps: MNIST 0.3, the others 8/255. The worst case counts a point as "
-            "robust only if it survives every attack run on it.\n\n" + table)
+            "8/255, CIFAR-10 2/255; common eps: MNIST 0.3, the others 8/255. The strongest attack of each side is "
+            "the one with the lowest robust accuracy on the points every attack of that side saw; its own ASR and "
+            "n are shown. The worst case counts a point as robust only if it survives every attack, over the "
+            "points that every attack saw (the seeded subsets are nested, so n is the smallest cell's).\n\n" + table)
 
 
 def _section_cost(records: list[dict], paper: dict | None) -> str:
@@ -436,7 +442,52 @@ def update_marked_blocks(text: str, blocks: dict[str, str]) -> str:
 
 
 __all__ = [
-    "PAPER_DATASETS", "PAPER_MODELS", "PAPER_POINTS_PER_CELL", "README_BLOCKS", "adaptive_table",
-    "load_paper_results", "paper_asr", "paper_attack_seconds", "paper_correct_points", "paper_summary_table",
-    "readme_blocks", "render_markdown", "strongest_attacks", "update_marked_blocks",
+    "PAPER_DATASETS",
+    "PAPER_MODELS",
+    "PAPER_POINTS_PER_CELL",
+    "README_BLOCKS",
+    "adaptive_table",
+    "load_paper_results",
+    "paper_asr",
+    "paper_attack_seconds",
+    "paper_correct_points",
+    "paper_summary_table",
+    "readme_blocks",
+    "render_markdown",
+    "strongest_attacks",
+    "union_robust",
+    "update_marked_blocks",
 ]
+
+
+def _figure(entry: dict | None) -> str:
+    """A headline figure of a claim card: robust accuracy [CI] (n), with the spread over draws when measured."""
+    if not entry:
+        return "–"
+    text = f"{_pct(entry['robust_accuracy'])} {_ci(entry['robust_accuracy_ci'])} (n = {entry['n']}"
+    draws = entry.get("draws")
+    if draws:
+        spread = draws["robust_accuracy"]
+        text += f"; {draws['n_draws']} draws: {100 * spread['mean']:.1f} ± {100 * spread['std']:.1f}"
+    return text + ")"
+
+
+def claims_table(cards: Sequence[dict]) -> str:
+    """One row per claim card: clean, paper-protocol and AutoAttack robust accuracy, the per-point worst case,
+    the raised flags and RobustBench's verdict."""
+    rows = []
+    for c in cards:
+        clean = c.get("clean_accuracy")
+        raised = [f["title"] for f in c["flags"] if f["raised"]]
+        rows.append([
+            get_spec(c["dataset"]).display_name, c["model"] + (f" ({c['grad_mode']})" if c.get("grad_mode") else ""),
+            "–" if not clean else f"{_pct(clean['accuracy'])} (n = {clean['n']})",
+            _figure(c.get("paper_protocol")),
+            _figure(c.get("autoattack")) + (" rand" if (c.get("autoattack") or {}).get("attack") == "autoattack-rand"
+                                            else ""),
+            _figure(c.get("worst_case")), "; ".join(raised) or "none",
+            "yes" if c["robustbench_admissible"] else "no: " + "; ".join(c["admission_reasons"]),
+        ])
+    header = ["dataset", "model (mode)", "clean acc %", "paper-protocol PGD robust acc %", "AutoAttack robust acc %",
+              "worst case over attacks %", "masking flags raised", "RobustBench would admit it"]
+    return _table(header, rows) if rows else ""

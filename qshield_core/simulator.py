@@ -11,6 +11,19 @@ The QShield circuit has a special shape that this backend exploits:
 3. Only the diagonal of the final density matrix (the probabilities) is needed, so only 2^n rows
    of the superoperator are kept: the whole batch costs one (B, 4^n) x (4^n, 2^n) product.
 
+Without trainable rotations (the shipped circuits) there is a shorter, real-valued path, the
+*product path*: each qubit's encoded state is a point on the Bloch sphere, so the density matrix
+is rho = 2^-n (x) (I + x X + y Y + z Z) and its coordinates in the Pauli-string basis are the
+Kronecker product of the per-qubit real 4-vectors (1, x, y, z). Every operation after the
+encoding (CNOTs, noise, readout error) is a fixed linear map, so the probabilities are one fixed
+*real* (4^n, 2^n) matrix applied to that product (Pauli transfer matrix; Greenbaum 2015,
+arXiv:1509.02921, section 3.3), the matrix being computed once from the density-matrix path
+itself. One call is then a few real elementwise products and one small matmul, and its backward
+pass is written out by hand (:class:`ProductStateProbabilities`) instead of recorded op by op: at
+batch 1 the per-call overhead, not the arithmetic, is what a circuit costs. The density-matrix and
+statevector paths stay the reference (``FastCircuitSimulator.general_probabilities``) and are used
+whenever trainable rotations are present or there are more than ``MAX_PRODUCT_QUBITS`` qubits.
+
 The result equals PennyLane's ``default.qubit``/``default.mixed`` (tested to 1e-5 on outputs and
 input gradients) at a fraction of the cost. TorchQuantum was considered and not used: it has no
 density-matrix noise channels in its released version and is no longer maintained.
@@ -23,10 +36,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .noise import NoiseModel
 
 _CNOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=np.complex128)
+_PAULIS = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)
+MAX_PRODUCT_QUBITS = 6
+"""Largest qubit count the product path serves (its map has 4^n x 2^n entries)."""
+PAULI_COMPONENTS = {"enhanced": (0, 1, 2, 3), "angle": (0, 1, 3)}
+"""Which of (I, X, Y, Z) an encoding's single-qubit states use: RY alone keeps y = 0."""
 
 
 def embed_single(matrix: torch.Tensor, wire: int, n_qubits: int) -> torch.Tensor:
@@ -113,6 +132,120 @@ def channel_superoperator(kraus: Sequence[np.ndarray], wire: int, n_qubits: int)
     return total
 
 
+def bloch_vectors(cos: np.ndarray, sin: np.ndarray, encoding: str) -> np.ndarray:
+    """Each qubit's encoded state in the Pauli basis, from the cosines and sines of its angles.
+
+    ``enhanced`` (angles (B, n, 3)): RZ(c) RY(b) RX(a)|0> has Bloch vector (cos a sin b cos c +
+    sin a sin c, cos a sin b sin c - sin a cos c, cos a cos b); returns (B, n, 4) rows (1, x, y, z).
+    ``angle`` (angles (B, n)): RY(t)|0> has (sin t, 0, cos t); returns (B, n, 3) rows (1, x, z).
+    """
+    if encoding == "angle":
+        return np.stack([np.ones_like(cos), sin, cos], -1)
+    ca, cb, cc = cos[..., 0], cos[..., 1], cos[..., 2]
+    sa, sb, sc = sin[..., 0], sin[..., 1], sin[..., 2]
+    u = ca * sb
+    return np.stack([np.ones_like(u), u * cc + sa * sc, u * sc - sa * cc, ca * cb], -1)
+
+
+def bloch_vectors_backward(grad: np.ndarray, cos: np.ndarray, sin: np.ndarray, vectors: np.ndarray,
+                           encoding: str) -> np.ndarray:
+    """The angles' gradient from the gradient of :func:`bloch_vectors` (same shape as the angles).
+
+    Each rotation turns the Bloch vector r about an axis nhat, so dr/dtheta = nhat x r and
+    grad . dr/dtheta = nhat . (r x grad). The axes of RZ(c) RY(b) RX(a) seen from the final
+    frame are z, RZ(c) y = (-sin c, cos c, 0) and RZ(c) RY(b) x = (cos b cos c, cos b sin c, -sin b).
+    """
+    if encoding == "angle":
+        return grad[..., 1] * cos - grad[..., 2] * sin
+    r_x, r_y, r_z = vectors[..., 1], vectors[..., 2], vectors[..., 3]
+    g_x, g_y, g_z = grad[..., 1], grad[..., 2], grad[..., 3]
+    w_x, w_y, w_z = r_y * g_z - r_z * g_y, r_z * g_x - r_x * g_z, r_x * g_y - r_y * g_x  # w = r x grad
+    cb, cc, sb, sc = cos[..., 1], cos[..., 2], sin[..., 1], sin[..., 2]
+    return np.stack([cb * (cc * w_x + sc * w_y) - sb * w_z, cc * w_y - sc * w_x, w_z], -1)
+
+
+def kron_rows(vectors: np.ndarray) -> list[np.ndarray]:
+    """Row-wise Kronecker products of the (B, n, d) ``vectors``: [v_0, v_0 (x) v_1, ..., (x)_w v_w]."""
+    products = [vectors[:, 0]]
+    for wire in range(1, vectors.shape[1]):
+        products.append((products[-1][:, :, None] * vectors[:, wire, None, :]).reshape(len(vectors), -1))
+    return products
+
+
+def kron_rows_backward(grad: np.ndarray, vectors: np.ndarray, products: Sequence[np.ndarray]) -> np.ndarray:
+    """The gradient of the (B, n, d) ``vectors`` from that of their full Kronecker product (chain rule)."""
+    batch, n, width = vectors.shape
+    grads = np.empty_like(vectors)
+    for wire in range(n - 1, 0, -1):
+        blocks = grad.reshape(batch, -1, width)  # (B, d^wire, d): (index of the product before, this qubit's)
+        grads[:, wire] = np.matmul(products[wire - 1][:, None, :], blocks)[:, 0]
+        grad = np.matmul(blocks, vectors[:, wire, :, None])[..., 0]
+    grads[:, 0] = grad
+    return grads
+
+
+def product_state_forward(angles: np.ndarray, transfer: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple]:
+    """The product path's probabilities, and what :class:`ProductStateProbabilities` needs to go back."""
+    cos, sin = np.cos(angles), np.sin(angles)
+    vectors = bloch_vectors(cos, sin, encoding)
+    products = kron_rows(vectors)
+    return torch.from_numpy(products[-1]) @ transfer, (cos, sin, vectors, products)
+
+
+class ProductStateProbabilities(torch.autograd.Function):
+    """probabilities = ((x)_w r_w(angles)) @ transfer, one autograd node with its backward pass written out.
+
+    On a few numbers a NumPy operation costs a third of a torch one, and autograd would record and
+    replay some thirty of them per call; so the elementwise work and the chain rule (through the
+    Kronecker products and :func:`bloch_vectors_backward`) run in NumPy, the two matmuls in torch.
+    Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, angles: torch.Tensor, transfer: torch.Tensor, encoding: str) -> torch.Tensor:
+        probs, ctx.stash = product_state_forward(angles.detach().numpy(), transfer, encoding)
+        ctx.transfer, ctx.encoding = transfer, encoding
+        return probs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        cos, sin, vectors, products = ctx.stash
+        upstream = (grad @ ctx.transfer.transpose(0, 1)).numpy()  # d loss / d (x)_w r_w
+        vector_grads = kron_rows_backward(upstream, vectors, products)
+        return torch.from_numpy(bloch_vectors_backward(vector_grads, cos, sin, vectors, ctx.encoding)), None, None
+
+
+def product_state_probabilities(angles: torch.Tensor, transfer: torch.Tensor, encoding: str) -> torch.Tensor:
+    """The product path (module docstring): one autograd node, or none when no gradient is wanted."""
+    if torch.is_grad_enabled() and angles.requires_grad:
+        return ProductStateProbabilities.apply(angles, transfer, encoding)
+    return product_state_forward(angles.detach().numpy(), transfer, encoding)[0]
+
+
+def pauli_transfer_rows(readout_map: np.ndarray, n_qubits: int, components: Sequence[int]) -> np.ndarray:
+    """The fixed map from Pauli coordinates to probabilities, from the map taking vec(rho) to them.
+
+    ``readout_map`` is (4^n, K) with probabilities = vec(rho) @ readout_map (row-major vec). With
+    rho = 2^-n sum_s c_s P_s over Pauli strings P_s, row s of the result is
+    2^-n vec(P_s) @ readout_map, restricted to the strings whose letters are all in ``components``
+    (indices into I, X, Y, Z). Real up to rounding, since the map preserves Hermiticity.
+    """
+    dim = 2**n_qubits
+    tensor = readout_map.reshape([2] * (2 * n_qubits) + [-1])
+    order = [axis for wire in range(n_qubits) for axis in (wire, n_qubits + wire)] + [2 * n_qubits]
+    tensor = tensor.transpose(order).reshape([4] * n_qubits + [-1])  # axes: (row bit, column bit) per wire
+    letters = _PAULIS[list(components)].reshape(len(components), 4)
+    for wire in range(n_qubits):
+        tensor = np.moveaxis(np.tensordot(letters, tensor, axes=([1], [wire])), 0, wire)
+    rows = tensor.reshape(len(components) ** n_qubits, -1) / dim
+    if np.abs(rows.imag).max(initial=0.0) > 1e-10:
+        raise RuntimeError("The circuit's Pauli transfer map is not real: the readout map is not Hermitian-preserving.")
+    return np.ascontiguousarray(rows.real)
+
+
 class FastCircuitSimulator:
     """Executes the QShield circuit family for a batch, exactly and differentiably.
 
@@ -124,7 +257,9 @@ class FastCircuitSimulator:
         noise: the :class:`NoiseModel`; ``kind="none"`` and no readout error gives a pure-state run.
 
     Call it with angles (B, n, 3) or (B, n) and optional trainable weights (depth, n, 3); it
-    returns the probabilities of all 2^n basis states, shape (B, 2^n).
+    returns the probabilities of all 2^n basis states, shape (B, 2^n). Without weights (a circuit
+    with no trainable rotations) and with at most :data:`MAX_PRODUCT_QUBITS` qubits it runs the
+    real-valued product path (module docstring), otherwise :meth:`general_probabilities`.
     """
 
     def __init__(self, n_qubits: int, encoding: str, entangling_pairs: Sequence[tuple[int, int]],
@@ -138,6 +273,7 @@ class FastCircuitSimulator:
         self.noise_superop = self._noise_superoperator()
         self.readout = self._readout_matrix()
         self._fixed_cache: dict[torch.dtype, torch.Tensor] = {}
+        self._transfer_cache: dict[torch.dtype, torch.Tensor] = {}
 
     def _noise_superoperator(self) -> torch.Tensor | None:
         channels = self.noise.kraus_per_wire
@@ -187,8 +323,43 @@ class FastCircuitSimulator:
             self._fixed_cache[dtype] = result
         return result
 
+    def product_path_applies(self, weights: torch.Tensor | None) -> bool:
+        """Whether :meth:`probabilities` takes the product path: no trainable weights, few qubits."""
+        return (weights is None or weights.numel() == 0) and self.n_qubits <= MAX_PRODUCT_QUBITS
+
+    def _fixed_probability_map(self) -> np.ndarray:
+        """The (4^n, 2^n) complex128 map vec(rho_0) -> measured probabilities, readout error included."""
+        if self.is_pure:
+            unitary = torch.eye(self.dim, dtype=torch.complex128)
+            for _ in range(self.depth):
+                unitary = self._layer_unitary(None, torch.complex128) @ unitary
+            u = unitary.numpy()
+            readout_map = np.einsum("ki,kj->ijk", u, u.conj()).reshape(self.dim * self.dim, self.dim)
+        else:
+            readout_map = self._readout_map(None, torch.complex128).numpy()
+        if self.readout is not None:
+            readout_map = readout_map @ self.readout.numpy().T
+        return readout_map
+
+    def transfer_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The product path's real map from the Pauli-coordinate product to probabilities (cached)."""
+        if dtype not in self._transfer_cache:
+            if torch.float64 not in self._transfer_cache:
+                rows = pauli_transfer_rows(self._fixed_probability_map(), self.n_qubits,
+                                           PAULI_COMPONENTS[self.encoding])
+                self._transfer_cache[torch.float64] = torch.from_numpy(rows)
+            self._transfer_cache[dtype] = self._transfer_cache[torch.float64].to(dtype)
+        return self._transfer_cache[dtype]
+
     def probabilities(self, angles: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Probabilities over the 2^n basis states for each sample, shape (B, 2^n)."""
+        if not self.product_path_applies(weights):
+            return self.general_probabilities(angles, weights)
+        real = torch.float64 if angles.dtype == torch.float64 else torch.float32
+        return product_state_probabilities(angles.to(real), self.transfer_matrix(real), self.encoding)
+
+    def general_probabilities(self, angles: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The statevector (noiseless) or density-matrix path for any weights: the reference."""
         dtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
         state = encoded_state(angles, self.encoding).to(dtype)
         if self.is_pure:
@@ -203,6 +374,25 @@ class FastCircuitSimulator:
         if self.readout is not None:
             probs = probs @ self.readout.to(probs.dtype).transpose(0, 1)
         return probs
+
+    def superoperator(self, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole circuit after the encoding as one (4^n, 4^n) complex128 map: vec(rho_out) = S vec(rho_0),
+        row-major vec. Readout error is not in it (it is a classical confusion of the measured outcomes).
+        The channel itself, for :mod:`qshield_core.certify.quantum`; the paths above keep only its diagonal rows."""
+        superop = torch.eye(self.dim * self.dim, dtype=torch.complex128)
+        for layer in range(self.depth):
+            layer_weights = None if weights is None else weights[layer].detach()
+            unitary = self._layer_unitary(layer_weights, torch.complex128)
+            superop = torch.kron(unitary, unitary.conj()) @ superop
+            if not self.is_pure:
+                superop = self.noise_superop @ superop
+        return superop
+
+    def final_density_matrix(self, angles: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The density matrix just before measurement (readout error not applied), (B, 2^n, 2^n) complex128."""
+        state = encoded_state(angles.detach().to(torch.float64), self.encoding).to(torch.complex128)
+        vec_rho = (state.unsqueeze(-1) * state.conj().unsqueeze(-2)).reshape(state.shape[0], -1)
+        return (vec_rho @ self.superoperator(weights).transpose(0, 1)).reshape(-1, self.dim, self.dim)
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,12 +1,46 @@
-"""Training: seeded, resumable, with progress bars; writes weights and a model card."""
+"""Training: seeded, resumable, with progress bars; writes weights and a model card.
+
+Random state. A training run is a pure function of its :class:`TrainConfig`: the same config gives
+bit-identical weights whatever else runs in the process (the app trains in a thread while other
+threads attack). No step draws from torch's process-wide generator:
+
+- data order and augmentation draw from one ``torch.Generator`` seeded with ``cfg.seed``, carried
+  across epochs and saved in the checkpoint;
+- weights are initialised by :func:`init_weights` from a generator seeded with ``cfg.seed``, which
+  re-draws torch's default initialisation in construction order (so the values equal those of
+  ``torch.manual_seed(cfg.seed)`` then construction, the recipe of the shipped models). The model is
+  still constructed, and the ``init_from`` model loaded, inside ``rng.seeded(cfg.seed)``: their
+  constructors draw from the global generator, and the scope keeps those draws from shifting the
+  global stream under another thread's seeded scope;
+- each forward pass of step k runs inside its own ``rng.seeded(step seed)`` scope, whose generator
+  (:func:`qshield_core.rng.generator`) feeds the paper mode's random projection and the dropout
+  masks (:class:`GeneratorDropout` stands in for ``nn.Dropout`` during training, as ``nn.Dropout``
+  can only draw from the global generator). Step seeds are a hash of (``cfg.seed``, k), so a resumed
+  run draws what an uninterrupted one does;
+- the card's paper-mode accuracy is measured batch by batch inside seeded scopes too.
+
+The recipes are those of the shipped models, and so are the data order and the initial weights;
+the shipped weights were trained before this scheme, with dropout masks and projections drawn from
+the global stream, so a retrain gives equally good but not bit-identical weights.
+
+Why one scope per forward pass and not one per run: the scope holds the process-wide RNG lock,
+and a run-long hold would stop every attack in the app for the run's duration. A forward pass
+holds it for milliseconds to a few tenths of a second (the backward pass and the optimiser step
+draw nothing and run outside it); the price is that a step waits while another thread's scope (an
+attack batch) holds the lock. Because
+the forward draws only from the scope's own generator, a thread that draws from torch's global
+generator without the lock cannot change a training run either.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import platform
-import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,16 +50,35 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageSplit, data_checksum, get_spec, load_split
+from . import rng
+from .data import (
+    SAMPLES_INDEX,
+    DatasetSpec,
+    ImageSplit,
+    data_checksum,
+    get_spec,
+    list_samples,
+    load_samples,
+    load_split,
+)
+from .hashing import file_digest, files_digest
 from .models import QShieldHybrid, build_model, count_parameters
-from .zoo import load_weights_into, read_card, save_model
+from .quantum import QuantumCircuitLayer
+from .zoo import ModelFiles, load_weights_into, read_card, save_model
 
 CHECKPOINT_DIR = Path("checkpoints")
+DATA_SOURCES = ("dataset", "samples")
+EXTRA_KEYS = {"data": "where the images come from: 'dataset' (default, the full splits) or 'samples' (the shipped "
+                      "samples, train split = test split: a smoke run in seconds, for tests, not a model to ship)"}
+_STEP, _EVAL = 1, 2  # purposes of derived seeds
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run (stored in the model card)."""
+    """Hyper-parameters of one training run (stored in the model card).
+
+    ``extra`` holds options outside the recipe; its keys are those of :data:`EXTRA_KEYS`.
+    """
 
     dataset: str
     model: str
@@ -40,12 +93,27 @@ class TrainConfig:
     cnn_lr_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be at least 1 (got {self.epochs}, {self.batch_size}).")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer (got {self.seed!r}).")
+        unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig.extra keys {unknown}; known: {', '.join(EXTRA_KEYS)}.")
+        if self.extra.get("data", "dataset") not in DATA_SOURCES:
+            raise ValueError(f"extra['data'] must be one of {', '.join(DATA_SOURCES)} (got {self.extra['data']!r}).")
+
 
 # Recipes chosen to fit a 2-core CPU budget; see README "Training".
+DNN_RECIPE = dict(epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4, augment="none")
+"""The paper's DNN recipe as its notebook runs it: Adam at a constant 1e-3, weight decay 1e-4, batch 128,
+10 epochs, no augmentation (:func:`make_optimizer`)."""
 RECIPES: dict[tuple[str, str], dict] = {
     ("mnist", "classical"): dict(epochs=5, lr=0.1, augment="shift2"),
     ("organamnist", "classical"): dict(epochs=10, lr=0.1, augment="shift2"),
     ("cifar10", "classical"): dict(epochs=16, lr=0.2, label_smoothing=0.1, augment="crop4-flip"),
+    **{(d, "dnn"): DNN_RECIPE for d in ("mnist", "organamnist", "cifar10")},
 }
 HYBRID_RECIPE = dict(epochs=1, lr=1e-3, weight_decay=1e-4, cnn_lr_scale=0.1)
 
@@ -53,6 +121,8 @@ HYBRID_RECIPE = dict(epochs=1, lr=1e-3, weight_decay=1e-4, cnn_lr_scale=0.1)
 def default_config(dataset: str, model: str, **overrides) -> TrainConfig:
     """The recipe for (dataset, model), with any overrides (None values are ignored)."""
     dataset = get_spec(dataset).name
+    if not model.startswith("hybrid-") and (dataset, model) not in RECIPES:
+        raise ValueError(f"No training recipe for model {model!r}; choose classical, dnn or hybrid-<entanglement>.")
     recipe = dict(HYBRID_RECIPE, init_from="classical") if model.startswith("hybrid-") else RECIPES[(dataset, model)]
     if dataset == "cifar10" and model.startswith("hybrid-"):
         recipe = dict(recipe, label_smoothing=0.1, augment="crop4-flip")
@@ -62,14 +132,120 @@ def default_config(dataset: str, model: str, **overrides) -> TrainConfig:
     return TrainConfig(dataset=dataset, model=model, **recipe)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# --------------------------------------------------------------------------- random state
+
+
+def derived_seed(seed: int, purpose: int, index: int) -> int:
+    """A 63-bit seed for item ``index`` of one purpose (a training step, an evaluation batch) of run ``seed``.
+
+    NumPy's ``SeedSequence`` hash keeps the seeds of neighbouring steps and of different runs unrelated.
+    """
+    state = np.random.SeedSequence([seed, purpose, index]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-draw every parameter of ``model`` from ``generator`` as torch's default initialisation does.
+
+    Modules are visited in registration order, which is construction order for this project's
+    models, so ``init_weights(model, Generator().manual_seed(s))`` gives the weights that
+    ``torch.manual_seed(s)`` then construction gives. A module with parameters of another kind is an
+    error, not a silent draw from the global generator.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.weight[0].numel())
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                module.reset_parameters()
+            elif isinstance(module, QuantumCircuitLayer) and module.weights is not None:
+                nn.init.uniform_(module.weights, -0.1, 0.1, generator=generator)
+            elif any(True for _ in module.parameters(recurse=False)):
+                raise TypeError(f"init_weights does not know how to initialise {type(module).__name__}.")
+    return model
+
+
+class GeneratorDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask comes from the seeded scope's generator (:func:`qshield_core.rng.generator`).
+
+    Same computation as ``nn.Dropout`` (zero with probability p, scale the rest by 1 / (1 - p));
+    outside a seeded scope it draws from the global generator, as ``nn.Dropout`` does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=rng.generator()).div_(keep)
+        return x.mul_(mask) if self.inplace else x * mask
+
+
+_GLOBAL_RANDOM_LAYERS = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
+
+
+@contextlib.contextmanager
+def generator_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Swap every ``nn.Dropout`` of ``model`` for a :class:`GeneratorDropout` while the block runs.
+
+    Dropout has no parameters or buffers, so the state dict is the same either way. Layers that
+    draw from the global generator and have no stand-in here are refused with a clear error.
+    """
+    swaps = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, _GLOBAL_RANDOM_LAYERS):
+                raise TypeError(f"{type(child).__name__} draws from torch's global generator; "
+                                "give it a stand-in in qshield_core.train.generator_dropout.")
+            if type(child) is nn.Dropout:
+                swaps.append((parent, name, child))
+    for parent, name, child in swaps:
+        setattr(parent, name, GeneratorDropout(child.p, child.inplace).train(child.training))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swaps:
+            setattr(parent, name, child.train(getattr(parent, name).training))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """The two splits of a run and the checksum of the files they came from (for the card)."""
+
+    train: ImageSplit
+    test: ImageSplit
+    checksum: dict
+
+
+def load_training_data(cfg: TrainConfig, data_root: str | None = None) -> TrainingData:
+    """The train and test splits ``cfg`` asks for (``cfg.extra['data']``, see :data:`EXTRA_KEYS`)."""
+    spec = get_spec(cfg.dataset)
+    if cfg.extra.get("data", "dataset") == "samples":
+        return _samples_data(spec)
+    return TrainingData(load_split(spec.name, "train", data_root), load_split(spec.name, "test", data_root),
+                        data_checksum(spec.name, data_root))
+
+
+def _samples_data(spec: DatasetSpec) -> TrainingData:
+    """The shipped samples of ``spec`` as both splits; the checksum covers the images and the index (labels)."""
+    images, labels = load_samples(spec.name)
+    split = ImageSplit(spec.name, "samples", images.mul(255).round().to(torch.uint8), labels,
+                       "shipped samples (assets/samples; train split = test split)", True)
+    checksum = {"algorithm": "sha256", "file": f"assets/samples/{spec.name} images concatenated in index order",
+                "value": files_digest(s.path for s in list_samples(spec.name)),
+                "index_sha256": file_digest(SAMPLES_INDEX)}
+    return TrainingData(split, split, checksum)
 
 
 def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts (zero or reflect padding, then crop) and optional horizontal flips."""
+    """Random shifts (zero or reflect padding, then crop) and optional horizontal flips; ``none`` changes nothing."""
+    if kind == "none":
+        return images
     pad = 4 if kind.startswith("crop4") else 2
     mode = "reflect" if kind.startswith("crop4") else "constant"
     n, _, h, w = images.shape
@@ -86,8 +262,15 @@ def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -
     return out
 
 
+# --------------------------------------------------------------------------- optimisation
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
-    """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids."""
+    """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids; the DNN as the
+    paper trains it: Adam at a constant learning rate, weight decay (L2) on every parameter."""
+    if cfg.model == "dnn":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     if isinstance(model, QShieldHybrid):
         groups = [{"params": model.cnn.parameters(), "lr": cfg.lr * cfg.cnn_lr_scale},
                   {"params": [p for n, p in model.named_parameters() if not n.startswith("cnn.")], "lr": cfg.lr}]
@@ -109,14 +292,21 @@ def loss_fn(model: nn.Module, outputs: torch.Tensor, labels: torch.Tensor, smoot
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, desc: str | None = None) -> torch.Tensor:
-    """Predicted labels for uint8 or float images, in batches."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, desc: str | None = None,
+            seed: int | None = None) -> torch.Tensor:
+    """Predicted labels for uint8 or float images, in batches.
+
+    With ``seed``, batch i runs inside ``rng.seeded(derived_seed(seed, ..., i))``: the paper mode's
+    random projection is then reproducible. Without, it is drawn unseeded.
+    """
     model.eval()
     preds = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
+    for i, start in enumerate(tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False)):
         batch = images[start:start + batch_size]
         batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-        preds.append(model(batch).argmax(-1))
+        scope = contextlib.nullcontext() if seed is None else rng.seeded(derived_seed(seed, _EVAL, i))
+        with scope:
+            preds.append(model(batch).argmax(-1))
     return torch.cat(preds)
 
 
@@ -131,16 +321,47 @@ def mean_alpha(model: QShieldHybrid, images: torch.Tensor, batch_size: int = 500
     return total / len(images)
 
 
-def _checkpoint_path(cfg: TrainConfig) -> Path:
-    return CHECKPOINT_DIR / f"{cfg.dataset}-{cfg.model}.ckpt.pt"
+# --------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(path: Path, model, opt, sched, epoch: int, elapsed: tuple[float, float],
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, wall and CPU seconds spent, and the per-epoch history."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    cpu_elapsed: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def checkpoint_path(cfg: TrainConfig, directory: Path | None = None) -> Path:
+    return Path(directory or CHECKPOINT_DIR) / f"{cfg.dataset}-{cfg.model}.ckpt.pt"
+
+
+def _save_checkpoint(path: Path, cfg: TrainConfig, model, opt, sched, progress: Progress,
                      gen: torch.Generator) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "elapsed": elapsed[0], "cpu_elapsed": elapsed[1], "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state()}, path)
+    state = {"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "epoch": progress.epoch, "elapsed": progress.elapsed,
+             "cpu_elapsed": progress.cpu_elapsed, "history": progress.history, "generator": gen.get_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, model, opt, sched, gen: torch.Generator) -> Progress:
+    """Restore a run from ``path``; refuses a checkpoint written for another configuration."""
+    state = torch.load(path, weights_only=True)
+    saved = state.get("config")
+    if saved is not None and saved != asdict(cfg):
+        changed = sorted(k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k])
+        raise ValueError(f"Checkpoint {path} was written for another configuration (differs in {', '.join(changed)}); "
+                         "delete it or train without --resume.")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    return Progress(state["epoch"], state["elapsed"], state.get("cpu_elapsed", 0.0), list(state.get("history", [])))
 
 
 def _versions() -> dict:
@@ -151,51 +372,76 @@ def _versions() -> dict:
             "pennylane": pennylane.__version__, "numpy": np.__version__}
 
 
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """A finished run: the trained model (in memory, eval mode), its card as saved, and the two files."""
+
+    model: nn.Module
+    card: dict
+    files: ModelFiles
+
+
 def train(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, out_dir: Path | None = None,
-          log=print) -> dict:
-    """Train ``cfg.model`` on ``cfg.dataset``, evaluate on the full test split, save weights + card."""
-    seed_everything(cfg.seed)
+          log: Callable[[str], object] = print, checkpoint_dir: Path | None = None) -> dict:
+    """Train, evaluate on the full test split, save weights + card; returns the card (see :func:`fit`)."""
+    return fit(cfg, data_root, resume, out_dir, log, checkpoint_dir).card
+
+
+def fit(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, out_dir: Path | None = None,
+        log: Callable[[str], object] = print, checkpoint_dir: Path | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.dataset``, evaluate on the test split, save weights + card in ``out_dir``.
+
+    A checkpoint is written to ``checkpoint_dir`` (default ``checkpoints/``) after every epoch;
+    ``resume`` continues from it, with the history of the epochs already done.
+    """
     spec = get_spec(cfg.dataset)
-    train_split = load_split(spec.name, "train", data_root)
-    test_split = load_split(spec.name, "test", data_root)
-    model = build_model(spec.name, cfg.model, grad_mode="paper", backend="fast")
-    init_card = None
-    if cfg.init_from:
-        init_card = load_weights_into(model, spec.name, cfg.init_from, out_dir)
-        log(f"initialised the CNN from {spec.name}-{cfg.init_from} ({init_card['weights_sha256'][:12]})")
-    model = model.to(memory_format=torch.channels_last) if spec.channels == 3 else model
-    steps_per_epoch = len(train_split) // cfg.batch_size
+    data = load_training_data(cfg, data_root)
+    steps_per_epoch = len(data.train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images.")
+    model, init_card = _initial_model(cfg, spec, out_dir, log)
     opt, sched = make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, elapsed, cpu_elapsed = 0, 0.0, 0.0
-    ckpt = _checkpoint_path(cfg)
+    ckpt = checkpoint_path(cfg, checkpoint_dir)
+    progress = Progress()
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, elapsed, cpu_elapsed = state["epoch"], state["elapsed"], state.get("cpu_elapsed", 0.0)
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
-    history = []
-    for epoch in range(start_epoch, cfg.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss, acc = _train_epoch(model, train_split, cfg, opt, sched, gen, steps_per_epoch, epoch)
-        elapsed += time.perf_counter() - t0
-        cpu_elapsed += time.process_time() - c0
-        history.append({"epoch": epoch + 1, "train_loss": round(loss, 4), "train_accuracy": round(acc, 4),
-                        "seconds": round(elapsed, 1)})
-        log(json.dumps(history[-1]))
-        _save_checkpoint(ckpt, model, opt, sched, epoch + 1, (elapsed, cpu_elapsed), gen)
-    card = _evaluate_for_card(model, cfg, spec, train_split, test_split, data_root, elapsed, history, init_card)
-    card["train_cpu_seconds"] = round(cpu_elapsed, 1)
-    files = save_model(model.to(memory_format=torch.contiguous_format), card, spec.name, cfg.model, out_dir)
+        progress = _load_checkpoint(ckpt, cfg, model, opt, sched, gen)
+        log(f"resumed from {ckpt} at epoch {progress.epoch}")
+    with generator_dropout(model):
+        for epoch in range(progress.epoch, cfg.epochs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss, acc = _train_epoch(model, data.train, cfg, opt, sched, gen, steps_per_epoch, epoch)
+            progress.elapsed += time.perf_counter() - t0
+            progress.cpu_elapsed += time.process_time() - c0
+            progress.epoch = epoch + 1
+            progress.history.append({"epoch": epoch + 1, "train_loss": round(loss, 4), "train_accuracy": round(acc, 4),
+                                     "seconds": round(progress.elapsed, 1)})
+            _save_checkpoint(ckpt, cfg, model, opt, sched, progress, gen)
+            log(json.dumps(progress.history[-1]))
+    card = _evaluate_for_card(model, cfg, spec, data, progress, init_card)
+    model = model.to(memory_format=torch.contiguous_format)
+    files = save_model(model, card, spec.name, cfg.model, out_dir)
     log(f"saved {files.weights} and {files.card}: clean test accuracy {card['clean_test_accuracy']:.4f}")
-    return read_card(spec.name, cfg.model, out_dir)
+    return TrainResult(model.eval(), read_card(spec.name, cfg.model, out_dir), files)
+
+
+def _initial_model(cfg: TrainConfig, spec: DatasetSpec, out_dir: Path | None, log) -> tuple[nn.Module, dict | None]:
+    """The model before training: seeded initial weights, then the ``init_from`` model's CNN if any."""
+    with rng.seeded(cfg.seed):  # constructors draw from the global generator: keep that off other threads' streams
+        model = build_model(spec.name, cfg.model, grad_mode="paper", backend="fast")
+        init_weights(model, torch.Generator().manual_seed(cfg.seed))
+        init_card = load_weights_into(model, spec.name, cfg.init_from, out_dir) if cfg.init_from else None
+    if init_card is not None:
+        log(f"initialised the CNN from {spec.name}-{cfg.init_from} ({init_card['weights_sha256'][:12]})")
+    model = model.to(memory_format=torch.channels_last) if spec.channels == 3 else model
+    return model, init_card
 
 
 def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, steps: int, epoch: int):
+    """One epoch; the forward pass of global step k runs in ``rng.seeded(derived_seed(seed, ..., k))``."""
     model.train()
     order = torch.randperm(len(split), generator=gen)
     total_loss, correct, seen = 0.0, 0, 0
@@ -207,41 +453,46 @@ def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, st
         if images.shape[1] == 3:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = split.labels[idx]
-        outputs = model(images)
+        with rng.seeded(derived_seed(cfg.seed, _STEP, epoch * steps + step)):
+            outputs = model(images)
         loss = loss_fn(model, outputs, labels, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        total_loss += float(loss) * len(idx)
+        total_loss += float(loss.detach()) * len(idx)
         correct += int((outputs.argmax(-1) == labels).sum())
         seen += len(idx)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / seen, correct / seen
 
 
-def _evaluate_for_card(model, cfg: TrainConfig, spec, train_split, test_split, data_root, elapsed, history,
+# --------------------------------------------------------------------------- model card
+
+
+def _evaluate_for_card(model, cfg: TrainConfig, spec: DatasetSpec, data: TrainingData, progress: Progress,
                        init_card) -> dict:
     model.eval()
-    torch.manual_seed(cfg.seed)
-    preds = predict(model, test_split.images, desc="test accuracy")
+    test_split = data.test
+    preds = predict(model, test_split.images, desc="test accuracy", seed=cfg.seed)
     accuracy = float((preds == test_split.labels).float().mean())
     card = {
         "dataset": spec.name,
         "model": cfg.model,
-        "architecture": _architecture_name(model, spec.name),
+        "architecture": _architecture_name(model, spec.name, cfg.model),
         "parameter_count": count_parameters(model),
         "input": {"shape": list(spec.input_shape), "range": [0, 1], "normalisation": "inside the model",
                   "output": "log-probabilities (valid logits)" if isinstance(model, QShieldHybrid) else "logits"},
-        "data": {"source": test_split.source, "exact": test_split.exact, "train_size": len(train_split),
-                 "checksum": data_checksum(spec.name, data_root)},
+        "data": {"source": test_split.source, "exact": test_split.exact, "train_size": len(data.train),
+                 "checksum": data.checksum},
         "clean_test_accuracy": round(accuracy, 4),
         "n_test": len(test_split),
-        "train_seconds": round(elapsed, 1),
+        "train_seconds": round(progress.elapsed, 1),
+        "train_cpu_seconds": round(progress.cpu_elapsed, 1),
         "epochs": cfg.epochs,
         "seed": cfg.seed,
         "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("dataset", "model")},
-        "history": history,
+        "history": progress.history,
         "versions": _versions(),
         "hardware": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",
         "command": "python -m qshield_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
@@ -251,13 +502,22 @@ def _evaluate_for_card(model, cfg: TrainConfig, spec, train_split, test_split, d
         card["data"]["note"] = "CIFAR-10 JPEG re-encoding: pixel values differ slightly from the original."
     if isinstance(model, QShieldHybrid):
         card.update(_hybrid_card_fields(model, cfg, test_split, accuracy, init_card))
+    if cfg.model == "dnn":
+        card["paper_model"] = {
+            "name": "DNN", "source": "n-azimi/QShield, Jupyter Notebook.ipynb, 'The CNN and DNN Models'",
+            "same": "layer sizes, BatchNorm, ReLU, dropout 0.2; Adam lr 1e-3 (constant), weight decay 1e-4, "
+                    "batch 128, 10 epochs, no augmentation",
+            "differs": "Normalize (dataset mean/std) as the first layer (the paper fed raw [0, 1] pixels; the first "
+                       "BatchNorm makes this a re-parametrisation); logits out instead of log-softmax (same loss); "
+                       "trained on the full training split (the paper cut every class to the smallest one's size)",
+        }
     return card
 
 
 def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, paper_accuracy: float, init_card) -> dict:
     model.grad_mode = "differentiable"
-    diff_acc = float((predict(model, test_split.images, desc="test (differentiable)") == test_split.labels)
-                     .float().mean())
+    diff_acc = float((predict(model, test_split.images, desc="test (differentiable)", seed=cfg.seed)
+                      == test_split.labels).float().mean())
     alpha = mean_alpha(model, test_split.images)
     model.grad_mode = "paper"
     return {
@@ -277,13 +537,16 @@ def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, paper_accuracy: f
     }
 
 
-def _architecture_name(model: nn.Module, dataset: str) -> str:
-    from .models import ARCHITECTURES
+def _architecture_name(model: nn.Module, dataset: str, model_name: str = "classical") -> str:
+    from .models import ARCHITECTURES, DNN_DROPOUT, DNN_WIDTHS
 
+    if model_name == "dnn":
+        spec = get_spec(dataset)
+        sizes = (spec.channels * spec.image_size ** 2, *DNN_WIDTHS[spec.name], spec.num_classes)
+        return f"mlp{sizes} (Linear, BatchNorm1d, ReLU, Dropout({DNN_DROPOUT}) per hidden layer; no convolution)"
     arch, kwargs = ARCHITECTURES[dataset]
     base = f"{arch}{tuple(kwargs['widths'])}"
     if isinstance(model, QShieldHybrid):
         c = model.circuit_config
         return f"{base} -> {c.n_qubits}-qubit {c.encoding}-angle circuit ({c.entanglement}) -> dynamic fusion"
     return base
-

@@ -18,12 +18,38 @@ HYBRID_COLOUR = "#d62728"
 CLEAN_COLOUR = "#7f7f7f"
 ADV_COLOUR = "#ff7f0e"
 PAPER_COLOUR = "#2ca02c"
-MODEL_COLOURS = {"classical": CLASSICAL_COLOUR}
+DNN_COLOUR = "#9467bd"
+MODEL_COLOURS = {"classical": CLASSICAL_COLOUR, "dnn": DNN_COLOUR}
 
 
 def model_colour(model: str) -> str:
-    """Blue for the classical CNN, red for any hybrid."""
+    """Blue for the classical CNN, purple for the DNN baseline, red for any hybrid."""
     return MODEL_COLOURS.get(model, HYBRID_COLOUR)
+
+
+MISSING = "–"
+"""What a table shows where a value does not apply (an en dash, not ``None``)."""
+
+
+def display_frame(frame: pd.DataFrame, float_format: str = "{:.4g}") -> pd.DataFrame:
+    """A copy of ``frame`` for showing: every missing value (None, NaN) as an en dash.
+
+    Only the columns that have a missing value become text (their numbers written with ``float_format``);
+    the others keep their type, so they still sort and format as numbers.
+    """
+    out = frame.copy()
+    for column in out.columns:
+        missing = out[column].isna()
+        if missing.any():
+            out[column] = [MISSING if gone else _cell(value, float_format)
+                           for value, gone in zip(out[column], missing, strict=True)]
+    return out
+
+
+def _cell(value, float_format: str) -> str:
+    if isinstance(value, float | np.floating):
+        return float_format.format(float(value))
+    return str(value)
 
 
 def _compact(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:
@@ -98,10 +124,13 @@ def topk_figure(clean_probs: np.ndarray, adv_probs: np.ndarray, class_names: Seq
         go.Bar(y=names, x=adv[order], orientation="h", name="after attack", marker_color=ADV_COLOUR,
                hovertemplate="%{y}: %{x:.3f}<extra>after</extra>"),
     ])
-    fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.15), xaxis=dict(range=[0, 1],
-                      title="probability"))
+    # the legend sits above the bars (in the top margin), clear of the x axis and its title
+    fig.update_layout(barmode="group", xaxis=dict(range=[0, 1], title="probability"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names)  # "0".."9" are names, not numbers
-    return _compact(fig, height)
+    fig = _compact(fig, height)
+    fig.update_layout(margin=dict(t=30))
+    return fig
 
 
 def basis_state_labels(n_qubits: int) -> list[str]:
@@ -157,7 +186,9 @@ def alpha_figure(alpha: float, height: int = 180) -> go.Figure:
                    steps=[dict(range=[0, 0.5], color="#eeeeee"), dict(range=[0.5, 1], color="#dddddd")]),
         title=dict(text="α (weight on the CNN)", font=dict(size=13)),
     ))
-    return _compact(fig, height)
+    fig = _compact(fig, height)
+    fig.update_layout(margin=dict(t=48, l=24, r=24))  # room for the gauge's title above its arc
+    return fig
 
 
 def noise_sweep_figure(strengths: Sequence[float], class_probs: np.ndarray, class_names: Sequence[str],

@@ -7,7 +7,6 @@ card's plain-JSON configuration.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import rng
 from .data import REPO_ROOT, get_spec
+from .hashing import file_digest
 from .models import MODEL_NAMES, QShieldHybrid, build_model
 from .quantum import CircuitConfig
 
@@ -42,11 +43,8 @@ def model_files(dataset: str, model_name: str, directory: Path | None = None) ->
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a weights file (as its card records it)."""
+    return file_digest(path)
 
 
 def save_model(model: nn.Module, card: dict, dataset: str, model_name: str,
@@ -91,7 +89,8 @@ def load_model(dataset: str, model_name: str, grad_mode: str = "paper", backend:
             f"Weights file {files.weights} does not match its model card (SHA-256 {actual[:12]}... "
             f"expected {str(card.get('weights_sha256'))[:12]}...): it was modified or truncated. Refusing to load."
         )
-    model = model_from_card(card, grad_mode=grad_mode, backend=backend, noise=noise)
+    with rng.seeded(0):  # construction draws initial weights from torch's global generator: keep it off others'
+        model = model_from_card(card, grad_mode=grad_mode, backend=backend, noise=noise)
     try:
         state = load_file(str(files.weights))
         model.load_state_dict(state, strict=True)

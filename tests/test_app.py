@@ -27,7 +27,7 @@ from qshield_core.data import MAX_UPLOAD_BYTES
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 PAGES = ("pages/attack_lab.py", "pages/robustness_explorer.py", "pages/quantum_circuit.py",
-         "pages/attacker_cost.py", "pages/about.py")
+         "pages/attacker_cost.py", "pages/claims.py", "pages/about.py")
 TIMEOUT = 600  # per AppTest run: a first run imports torch, PennyLane and torchattacks on a busy 2-core machine
 
 # A shipped MNIST sample that the shipped classical CNN keeps under PGD (paper preset, seed 0) at
@@ -92,6 +92,12 @@ def plotly_data(at: AppTest, key: str) -> list[dict]:
         return value
 
     return [decode(trace) for trace in json.loads(charts[0].proto.spec)["data"]]
+
+
+def assert_no_missing_shown(at: AppTest) -> None:
+    """No table shows None or NaN (a value that does not apply is an en dash)."""
+    for frame in (d.value for d in at.dataframe):
+        assert not frame.isna().any().any(), frame[frame.isna().any(axis=1)]
 
 
 def texts(at: AppTest) -> str:
@@ -174,6 +180,18 @@ def test_perturbation_stays_within_epsilon_and_both_modes_appear():
         assert np.abs(np.asarray(heat["z"], dtype=float)).max() <= 6 / 255 + 1e-6
 
 
+def test_the_dnn_baseline_joins_the_comparison_on_request():
+    require_models("mnist", "classical", "dnn", "hybrid-full")
+    at = run_app()
+    at.slider(key="lab_eps_mnist").set_value(6).run()
+    assert "dnn" not in badges(at), "off by default: the page compares the CNN and the hybrid"
+    at.toggle(key="lab_with_dnn").set_value(True).run()
+    no_exceptions(at)
+    assert list(badges(at)) == ["classical", "dnn", "hybrid-full (paper)"]
+    assert [m.value for m in at.metric if m.label == "Forward passes"] == ["10"] * 3, "PGD-10 on each model"
+    assert np.abs(np.asarray(plotly_data(at, "pert_dnn")[0]["z"], dtype=float)).max() <= 6 / 255 + 1e-6
+
+
 def test_bpda_takes_its_gradients_from_the_differentiable_twin_within_the_app_budget():
     require_models("mnist", "classical", "hybrid-full")
     at = run_app()
@@ -227,6 +245,90 @@ def test_greyscale_upload_is_repeated_over_three_channels_for_cifar10():
     no_exceptions(at)
     assert any("Repeated the greyscale image over 3 channels" in i.value for i in at.info)
     assert "classical" in badges(at)
+
+
+def digit_png(text: str = "3", ink: str = "black", size: int = 200) -> bytes:
+    """A digit in DejaVu Sans (matplotlib's bundled font) on a white 280-px canvas, as the canvas sends it."""
+    import matplotlib
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    img = Image.new("RGBA", (280, 280), (255, 255, 255, 255))
+    ImageDraw.Draw(img).text((140, 140), text, font=font, fill=ink, anchor="mm", stroke_width=4, stroke_fill=ink)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def draw_on_canvas(at: AppTest, key: str, data: bytes, strokes: int = 1) -> AppTest:
+    """What streamlit-drawable-canvas sends after a stroke: the Fabric.js objects and the canvas as a PNG data URL."""
+    url = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    at.session_state[key] = {"drawing": {"raw": {"objects": [{"type": "path"}] * strokes}, "data": url},
+                             "backgroundFit": None}
+    return at.run()
+
+
+def test_a_drawn_digit_is_prepared_like_mnist_and_attacked():
+    require_models("mnist", "classical", "hybrid-full")
+    at = run_app()
+    at.radio(key="lab_source").set_value("Draw").run()
+    no_exceptions(at)
+    assert any("The canvas is blank" in i.value for i in at.info) and not badges(at)
+    draw_on_canvas(at, "lab_canvas_mnist_0", digit_png("3"))
+    no_exceptions(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "20×20 box" in captions and "centre of mass" in captions and "LeCun" in captions
+    assert "what the model sees: 28×28" in [c for img in at.image for c in img.captions], "the 28x28 result is shown"
+    verdicts = [m.value for m in at.markdown if "-badge[" in m.value]
+    assert len(verdicts) == 2 and all("CHANGED" in v for v in verdicts), "no true class: changed / unchanged"
+    assert all("**3** →" in v for v in verdicts), "both models read the drawn 3 before the attack"
+    at.selectbox(key="lab_draw_label_mnist").set_value(3).run()
+    assert set(badges(at).values()) <= {"FLIPPED", "HELD"} and len(badges(at)) == 2
+    assert [b.label for b in at.get("download_button")][-1] == "Download report"
+
+    draw_on_canvas(at, "lab_canvas_mnist_0", digit_png("3", ink="white"))  # strokes, but nothing visible
+    assert any("The canvas is blank" in w.value for w in at.warning) and not badges(at)
+    at.selectbox(key="lab_attack").set_value("fgsm").run()
+    assert at.selectbox(key="lab_attack").value == "fgsm", "the rest of the page is kept"
+    at.button(key="lab_clear").click().run()
+    no_exceptions(at)
+    assert "lab_canvas_mnist_1" in at.session_state and any("The canvas is blank" in i.value for i in at.info)
+
+
+def test_camera_photos_are_validated_and_prepared_for_every_dataset():
+    require_models("cifar10", "classical")
+    at = run_app(dataset="cifar10")
+    at.radio(key="lab_source").set_value("Camera").run()
+    assert any("No photo yet" in i.value for i in at.info)
+    at.camera_input[0].set_value(("shot.jpg", b"\xff\xd8\xff not a jpeg", "image/jpeg")).run()
+    no_exceptions(at)
+    assert any("This photo cannot be used" in e.value and "not a readable" in e.value for e in at.error)
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photo, "JPEG")
+    at.camera_input[0].set_value(("shot.jpg", photo.getvalue(), "image/jpeg")).run()
+    no_exceptions(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "centre 480×480 square out of 640×480" in captions and "to 32×32" in captions
+    assert "classical" in badges(at)
+
+
+def test_an_image_wrong_before_the_attack_is_not_called_held():
+    """OrganAMNIST's first shipped kidney-left (test #0) is read as pancreas by both shipped models."""
+    require_models("organamnist", "classical", "hybrid-full")
+    at = run_app(dataset="organamnist", attack="fgsm", sample="0", **{"class": "4"})
+    no_exceptions(at)
+    verdicts = [m.value for m in at.markdown if "-badge[" in m.value]
+    assert len(verdicts) == 2 and all("WRONG BEFORE" in v and "HELD" not in v for v in verdicts), verdicts
+
+
+def test_the_quantum_page_takes_a_drawing():
+    require_models("mnist", "hybrid-full")
+    at = run_app("pages/quantum_circuit.py")
+    at.radio(key="qc_source").set_value("Draw").run()
+    assert any("The canvas is blank" in i.value for i in at.info)
+    draw_on_canvas(at, "qc_canvas_mnist_0", digit_png("7"))
+    no_exceptions(at)
+    assert "fused (the hybrid's answer): **7**" in texts(at)
 
 
 def _copy_pretrained(tmp_path: Path) -> Path:
@@ -312,6 +414,10 @@ def test_explorer_plots_the_committed_records_with_their_intervals():
     np.testing.assert_allclose(traces["classical · PGD"]["x"], [8.0, 32.0])
     np.testing.assert_allclose(traces["classical · PGD"]["error_y"]["array"], [5.0, 5.0], atol=1e-9)
     assert "python -m qshield_core evaluate" in at.code[0].value
+    assert any(e.label.startswith("Regenerate these results") for e in at.expander)
+    cells = at.dataframe[0].value
+    assert list(cells[cells["model"] == "classical"]["grad_mode"]) == ["–", "–"]
+    assert_no_missing_shown(at)
 
     at.radio(key="rx_metric").set_value("asr").run()
     names = [t["name"] for t in plotly_data(at, "rx_committed")]
@@ -421,7 +527,8 @@ def test_about_page_reads_the_adaptive_results_only_when_committed():
     no_exceptions(at)
     table = at.dataframe[0].value
     assert list(table["its ASR (%)"]) == [98.7] and list(table["paper-protocol PGD ASR (%)"]) == [39.1]
-    assert "fools 98.7 %" in texts(at)
+    assert "fools 98.7 %" not in texts(at), "the table is not repeated as a list"
+    assert_no_missing_shown(at)
 
 
 def test_shared_models_stay_in_eval_mode_after_attacks():
@@ -433,3 +540,37 @@ def test_shared_models_stay_in_eval_mode_after_attacks():
     assert not any(m.training for m in classical.model.modules())
     assert all(not p.requires_grad for p in classical.model.parameters())
     assert torch.is_grad_enabled()
+
+
+# ----------------------------------------------------------------------------- Claim cards
+
+
+def _claim_card(model: str, mode: str | None, admitted: bool) -> dict:
+    flag = {"name": "randomised_forward", "title": "randomised forward pass", "raised": not admitted,
+            "evidence": "two identical calls differ", "advice": "use EOT" if not admitted else ""}
+    figure = {"attack": "pgd", "robust_accuracy": 0.31, "robust_accuracy_ci": [0.28, 0.34], "n": 1000,
+              "key": "k", "draws": {"n_draws": 5, "robust_accuracy": {"mean": 0.308, "std": 0.002, "min": 0.306,
+                                                                       "max": 0.312, "values": []}}}
+    return {"dataset": "mnist", "model": model, "grad_mode": mode, "eps": 32 / 255,
+            "clean_accuracy": {"accuracy": 0.992, "ci": [0.98, 0.996], "n": 1000}, "paper_protocol": figure,
+            "autoattack": None, "worst_case": None, "flags": [flag], "robustbench_admissible": admitted,
+            "admission_reasons": [] if admitted else ["randomised forward pass"]}
+
+
+def test_claims_page_shows_the_committed_cards_and_says_when_there_are_none():
+    require_models("mnist", "classical", "hybrid-full")
+    at = run_app("pages/claims.py")
+    no_exceptions(at)
+    assert any("No claim cards committed yet" in i.value for i in at.info)
+    lab.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (lab.RESULTS_DIR / "claims.json").write_text(json.dumps({"schema": "qshield.claims/1", "command": "x", "cards": [
+        _claim_card("classical", None, True), _claim_card("hybrid-full", "paper", False)]}))
+    at = run_app("pages/claims.py")
+    no_exceptions(at)
+    assert [h.value for h in at.subheader][:2] == ["MNIST · classical · ε = 32/255",
+                                                  "MNIST · hybrid-full (paper) · ε = 32/255"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["paper-protocol PGD"] == "31.0 % (±0.2)" and metrics["AutoAttack"] == "–"
+    assert any("RobustBench would not admit it: randomised forward pass" in w.value for w in at.warning)
+    assert any("RobustBench would admit" in s.value for s in at.success)
+    assert_no_missing_shown(at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -102,3 +103,60 @@ def test_draw_prints_the_circuit(capsys):
     assert code == 0 and "star entanglement" in out and "RX" in out and "Depo" in out
     code, _, err = run(["draw", "--noise", "depolarizing", "--p", "2"], capsys)
     assert code == 2 and err.startswith("error: ")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_verdicts_have_one_meaning():
+    from qshield_core.lab import attack_verdict
+
+    assert attack_verdict(7, 7, 3) == "flipped"
+    assert attack_verdict(7, 7, 7) == "held"
+    assert attack_verdict(7, 2, 2) == "wrong before" and attack_verdict(7, 2, 7) == "wrong before"
+    assert attack_verdict(None, 2, 5) == "changed" and attack_verdict(None, 2, 2) == "unchanged"
+
+
+def test_format_columns_fits_the_longest_cell():
+    from qshield_core.cli import format_columns
+
+    text = format_columns([["image", "classical"], ["kidney-left · test #0", "pancreas->pancreas wrong before"],
+                           ["x", "y"]])
+    lines = text.splitlines()
+    assert lines[1].startswith("kidney-left · test #0   pancreas")
+    assert {line.index(cell) for line, cell in zip(lines, ["classical", "pancreas", "y"], strict=True)} == {24}
+    assert not any(line.endswith(" ") for line in lines)
+
+
+def test_demo_columns_stay_apart_and_wrong_before_is_not_held(capsys):
+    """OrganAMNIST's long class names; its first shipped sample is misclassified by both shipped models."""
+    from qshield_core import zoo
+    from qshield_core.data import get_spec
+
+    require_samples()
+    if not all(zoo.model_files("organamnist", m).weights.is_file() for m in ("classical", "hybrid-full")):
+        pytest.skip("the shipped OrganAMNIST models are not in pretrained/")
+    code, out, _ = run(["demo", "--dataset", "organamnist", "--attack", "fgsm"], capsys)  # one step: quick
+    assert code == 0
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("image"))
+    rows = lines[header + 1:header + 12]
+    starts = [lines[header].index(name) for name in ("classical", "hybrid-full")]
+    names = get_spec("organamnist").class_names
+    verdicts = []
+    for row in rows:
+        cells = [row[:starts[0]], row[starts[0]:starts[1]], row[starts[1]:]]
+        assert cells[0].endswith("  ") and cells[1].endswith("  "), f"columns run together: {row!r}"
+        truth = names.index(cells[0].split(" · ")[0])
+        for cell in cells[1:]:
+            match = re.fullmatch(r"(\S+)->(\S+) (flipped|held|wrong before)\s*", cell)
+            assert match, cell
+            clean, adv = names.index(match[1]), names.index(match[2])
+            expected = "wrong before" if clean != truth else "held" if adv == truth else "flipped"
+            assert match[3] == expected, row
+            verdicts.append(match[3])
+    assert "wrong before" in verdicts, "test #0 (kidney-left) is read as pancreas before any attack"
+    summary = next(line for line in lines if line.startswith("flipped"))
+    classical, hybrid = verdicts[0::2], verdicts[1::2]
+    assert (f"classical {classical.count('flipped')} of {len(rows) - classical.count('wrong before')}, "
+            f"hybrid-full {hybrid.count('flipped')} of {len(rows) - hybrid.count('wrong before')}") in summary

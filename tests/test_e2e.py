@@ -128,3 +128,42 @@ def test_tampered_weights_end_to_end(tmp_path, browser):
             assert not errors, errors
         finally:
             page.close()
+
+
+def draw_seven(page, canvas) -> None:
+    """Mouse strokes on the canvas: a top bar, then the diagonal of a 7 (one stroke, as a hand would draw it)."""
+    box = canvas.bounding_box()
+    x, y = box["x"], box["y"]
+    page.mouse.move(x + 80, y + 60)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(x + 80 + 12 * i, y + 60)
+    for i in range(1, 16):
+        page.mouse.move(x + 200 - 6 * i, y + 60 + 12 * i)
+    page.mouse.up()
+
+
+def test_a_digit_drawn_with_the_mouse_gets_a_prediction(server, browser, tmp_path):
+    url, _ = server
+    page, errors = open_page(browser, url)
+    try:
+        page.get_by_text(BADGE).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_settled(page)
+        page.get_by_text("Draw", exact=True).click()
+        canvas = page.locator("canvas.upper-canvas").first  # Fabric.js takes the pointer events on its upper canvas
+        canvas.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_settled(page)
+        assert page.get_by_text("The canvas is blank").count() == 1
+        draw_seven(page, canvas)
+        page.get_by_text("what the model sees: 28×28").wait_for(timeout=PAGE_TIMEOUT_MS)
+        verdicts = page.get_by_text(re.compile(r"\b(UN)?CHANGED\b"))  # the badge: an icon, then the word
+        verdicts.first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_settled(page)
+        assert verdicts.count() == 2, "one verdict per model; true class unknown: changed / unchanged"
+        body = page.inner_text("body")
+        assert re.search(r"7 → \d · the attack", body), "the classical CNN reads the drawn 7 before the attack"
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
+        full_screenshot(page, screenshot_dir(tmp_path) / "attack_lab_drawing.png")
+    finally:
+        page.close()

@@ -13,7 +13,9 @@ from qshield_core.evaluation import (
     attack_metrics,
     balanced_indices,
     difference_interval,
+    evaluate,
     evaluate_cell,
+    evaluation_points,
     load_results,
     merge_record,
     plan_cells,
@@ -220,6 +222,17 @@ def test_plan_cells_validates_and_filters():
         plan_cells(["cifar10"], ["classical"], [None], ["pgd"], [0.3])
 
 
+def test_the_dnn_is_planned_like_the_classical_cnn():
+    """No gradient modes, and none of the hybrid-only attacks (transfer, BPDA, EOT)."""
+    suites = ["none", "paper-suite", "adaptive-suite"]
+    dnn = plan_cells(["mnist"], ["dnn"], ["paper", "differentiable"], suites)
+    cnn = plan_cells(["mnist"], ["classical"], ["paper", "differentiable"], suites)
+    assert {c.grad_mode for c in dnn} == {None}
+    assert [(c.attack, c.eps) for c in dnn] == [(c.attack, c.eps) for c in cnn]
+    assert not {"bpda", "transfer-classical", "eot-pgd", "autoattack-rand"} & {c.attack for c in dnn}
+    assert {"fgsm", "cw", "square", "autoattack"} <= {c.attack for c in dnn}
+
+
 def _merge_many(path: str, prefix: str, count: int) -> None:
     for i in range(count):
         merge_record(path, {"key": f"{prefix}{i}", "attack": "none"})
@@ -242,3 +255,28 @@ def test_processes_filling_one_results_file_lose_no_cell(tmp_path):
     merge_record(path, {"key": "a3", "attack": "fgsm"})  # the same key replaces, never duplicates
     records = load_results(path)
     assert len(records) == 50 and [r["attack"] for r in records if r["key"] == "a3"] == ["fgsm"]
+
+
+def test_a_randomised_model_is_judged_over_several_draws():
+    """The paper mode: draw 0 is the record's own figure; further draws re-classify the same adversarial
+    images; a deterministic model gets no draws."""
+    require_samples()
+    from qshield_core import lab
+
+    paper = lab.load("mnist", "hybrid-full", grad_mode="paper")
+    points = evaluation_points("mnist", 20, source="samples")
+    record = evaluate(paper.model, paper.card, points, "mnist", "hybrid-full", "paper", "fgsm", eps=0.2, draws=4,
+                      batch_size=10)
+    draws = record["draws"]
+    assert draws["n_draws"] == 4 and len(draws["robust_accuracy"]["values"]) == 4
+    assert draws["robust_accuracy"]["values"][0] == record["robust_accuracy"]
+    assert draws["robust_every_draw"] <= min(draws["robust_accuracy"]["values"])
+    again = evaluate(paper.model, paper.card, points, "mnist", "hybrid-full", "paper", "fgsm", eps=0.2, draws=4,
+                     batch_size=10)
+    assert again["draws"] == draws, "seeded: the same draws again"
+    twin = lab.load("mnist", "hybrid-full", grad_mode="differentiable")
+    plain = evaluate(twin.model, twin.card, points, "mnist", "hybrid-full", "differentiable", "fgsm", eps=0.2,
+                     draws=4, batch_size=10)
+    assert "draws" not in plain
+    assert record["points"]["kind"] == "samples" and record["key"].endswith("/samples")
+    assert len(record["points"]["indices"]) == 20

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from qshield_core.data import get_spec
 from qshield_core.models import (
     DynamicFusion,
+    Normalize,
     QShieldHybrid,
     build_model,
+    count_parameters,
     fusion_statistics,
     hybrid_circuit_for,
 )
@@ -28,7 +30,7 @@ def hybrid(dataset: str = "mnist", grad_mode: str = "differentiable", seed: int 
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "organamnist", "cifar10"])
-@pytest.mark.parametrize("name", ["classical", "hybrid-full"])
+@pytest.mark.parametrize("name", ["classical", "dnn", "hybrid-full"])
 def test_models_map_images_to_class_scores(dataset, name):
     model = build_model(dataset, name).eval()
     with torch.no_grad():
@@ -149,3 +151,38 @@ def test_fusion_statistics():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="classical"):
         build_model("mnist", "transformer")
+
+
+# --------------------------------------------------------------------------- the DNN baseline
+
+DNN_LAYERS = {"mnist": [(784, 512), (512, 256), (256, 128), (128, 10)],
+              "organamnist": [(784, 512), (512, 256), (256, 128), (128, 11)],
+              "cifar10": [(3072, 1024), (1024, 512), (512, 256), (256, 128), (128, 10)]}
+DNN_PARAMETERS = {"mnist": 569_226, "organamnist": 569_355, "cifar10": 3_840_906}
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "organamnist", "cifar10"])
+def test_dnn_is_the_papers_fully_connected_network(dataset):
+    """No convolution; the paper's Linear sizes, a BatchNorm and Dropout(0.2) after every hidden layer."""
+    model = build_model(dataset, "dnn")
+    assert not any(isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d) for m in model.modules())
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == DNN_LAYERS[dataset]
+    hidden = len(linears) - 1
+    assert [m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)] == [
+        out for _, out in DNN_LAYERS[dataset][:hidden]]
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2] * hidden
+    assert count_parameters(model) == DNN_PARAMETERS[dataset]
+    assert isinstance(model[0], Normalize), "inputs in [0, 1], normalised inside the model like the CNNs"
+
+
+def test_dnn_logits_depend_on_every_pixel():
+    """Fully connected: each class score moves with every input pixel (a CNN's receptive field need not)."""
+    model = build_model("organamnist", "dnn").eval()
+    x = images_for("organamnist", 2).requires_grad_(True)
+    logits = model(x)
+    assert logits.shape == (2, 11) and not bool((logits <= 0).all()), "logits, not log-probabilities"
+    (grad,) = torch.autograd.grad(logits[:, 3].sum(), x)
+    assert bool((grad != 0).all())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), logits, atol=0, rtol=0)  # eval mode: dropout off, deterministic

@@ -58,6 +58,20 @@ def test_paper_summary_lists_paper_and_ours_for_the_chosen_models():
     assert paper_summary_table([], PAPER) == ""
 
 
+def test_paper_tables_have_a_dnn_row_when_a_dnn_record_exists():
+    """The paper's DNN maps to ``dnn``: its row comes first (the paper's order), next to the paper's figure."""
+    records = [make_record("classical", "pgd", 0.8), make_record("hybrid-full", "pgd", 0.5, mode="paper")]
+    summary = paper_summary_table(records, PAPER)
+    assert "| dnn |" not in summary and "| dnn |" not in render_markdown(records, paper=PAPER)
+    records.append(make_record("dnn", "pgd", 0.7))
+    rows = [line for line in paper_summary_table(records, PAPER).splitlines() if line.startswith("| MNIST")]
+    assert [row.split(" | ")[1] for row in rows] == ["dnn", "classical", "hybrid-full"]
+    assert "| 2.0 / **70.0** |" in rows[0] and "| 1.0 / - |" in rows[0], "the paper's DNN figures (FGSM 1, PGD 2)"
+    section = render_markdown(records, paper=PAPER).split("### MNIST")[1].split("\n\n")[1]
+    assert [line.split(" | ")[0] for line in section.splitlines()[2:]] == ["| dnn", "| classical", "| hybrid-full"]
+    assert "MNIST, dnn, PGD: paper 2.0 %" in render_markdown(records, paper=PAPER), "a disagreement is called out"
+
+
 MARKED = """# Title
 <!-- qshield:paper-summary -->
 old table
@@ -87,7 +101,8 @@ def test_readme_blocks_leave_out_tables_without_records():
     adaptive = dict(make_record("hybrid-full", "apgd-ce", 0.9, mode="paper"), suite="adaptive")
     blocks = readme_blocks([make_record("hybrid-full", "pgd", 0.5, mode="paper"), adaptive], PAPER)
     row = blocks["adaptive"].splitlines()[2]
-    assert row.startswith("| MNIST | hybrid-full (paper) | 50.0 ") and "**90.0**" in row and "(apgd-ce)" in row
+    assert row.startswith("| MNIST | hybrid-full (paper) | 50.0 ") and "**90.0**" in row
+    assert "(apgd-ce, n = 1000)" in row
 
 
 def test_a_gap_within_both_samples_noise_is_not_called_a_disagreement():
@@ -100,21 +115,24 @@ def test_a_gap_within_both_samples_noise_is_not_called_a_disagreement():
     assert "MNIST, classical, FGSM: paper 47.3 % (of about 436), ours 60.0 % (of 990); difference +12.7" in text
 
 
-def _with_points(record: dict, points: str, clean: list[int], adv: list[int]) -> dict:
-    """``record`` on the point set ``points`` with the given per-point outcomes (1 = correct)."""
+def _with_points(record: dict, indices: list[int], clean: list[int], adv: list[int]) -> dict:
+    """``record`` on the test points ``indices`` with the given per-point outcomes (1 = correct)."""
     def bits(values: list[int]) -> str:
         return np.packbits(np.array(values, dtype=np.uint8)).tobytes().hex()
 
-    return dict(record, n=len(clean), suite="adaptive", points={"indices_sha256": points},
+    return dict(record, n=len(clean), suite="adaptive", points={"indices": indices, "kind": "test"},
                 per_point={"clean_correct": bits(clean), "adv_correct": bits(adv)})
 
 
-def test_worst_case_combines_attacks_per_point_and_takes_the_tightest_point_set():
+def test_worst_case_is_per_point_over_the_points_every_attack_saw():
     base = make_record("hybrid-full", "apgd-ce", 0.5, mode="paper")
-    clean = [1, 1, 1, 1, 0]
-    small = [_with_points(dict(base, attack="apgd-ce"), "A", clean, [1, 1, 0, 0, 0]),
-             _with_points(dict(base, attack="autoattack"), "A", clean, [0, 1, 1, 0, 0])]  # together: 1 of 5
-    many = [_with_points(dict(base, attack=a), "B", clean * 2, [1, 1, 1, 0, 0] * 2)
-            for a in ("fgsm", "pgd", "square")]  # three attacks, but 4 of 10 survive them all
-    row = next(line for line in adaptive_table(small + many).splitlines() if line.startswith("| MNIST"))
-    assert row.endswith("| 20.0 (2 attacks, n = 5) |")
+    big = list(range(10))
+    small = [0, 2, 4, 6, 8]  # nested in ``big``, as the seeded subsets are
+    records = [
+        _with_points(dict(base, attack="apgd-ce"), big, [1] * 10, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]),
+        _with_points(dict(base, attack="autoattack"), small, [1] * 5, [0, 1, 1, 1, 1]),  # fools point 0
+        _with_points(dict(base, attack="square"), big, [1] * 10, [1, 1, 1, 1, 0, 1, 1, 1, 1, 1]),  # fools 4
+    ]
+    row = next(line for line in adaptive_table(records).splitlines() if line.startswith("| MNIST"))
+    # on points 0, 2, 4, 6, 8: apgd-ce fools 6 and 8, autoattack 0, square 4: only point 2 survives all
+    assert row.endswith("| 20.0 [3.6, 62.4] (3 attacks, n = 5) |"), row

@@ -11,9 +11,11 @@ from conftest import require_samples, shipped_cards
 
 from qshield_core.data import get_spec, load_samples
 from qshield_core.models import QShieldHybrid, build_model
+from qshield_core.train import default_config, fit, make_optimizer
 from qshield_core.zoo import (
     PRETRAINED_DIR,
     ModelUnavailableError,
+    available_models,
     load_model,
     model_files,
     read_card,
@@ -32,7 +34,7 @@ def save_small(directory: Path, model_name: str = "classical"):
     return model, files
 
 
-@pytest.mark.parametrize("model_name", ["classical", "hybrid-full"])
+@pytest.mark.parametrize("model_name", ["classical", "dnn", "hybrid-full"])
 def test_round_trip(tmp_path, model_name):
     model, files = save_small(tmp_path, model_name)
     assert read_card("mnist", model_name, tmp_path)["weights_sha256"] == sha256_file(files.weights)
@@ -102,6 +104,39 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     files.weights.rename(renamed.weights)
     with pytest.raises(ModelUnavailableError, match="could not be loaded"):
         load_model("organamnist", "classical", directory=tmp_path)
+
+
+def test_dnn_trained_on_the_samples_writes_a_card_and_loads_back_by_name(tmp_path):
+    """A tiny run of the DNN recipe (Adam, constant lr, no augmentation) on the shipped samples: the card
+    describes the paper's DNN, and the zoo rebuilds the same network from the name alone."""
+    require_samples()
+    cfg = default_config("mnist", "dnn", epochs=2, batch_size=20, extra={"data": "samples"})
+    assert (cfg.lr, cfg.weight_decay, cfg.augment, cfg.init_from) == (1e-3, 1e-4, "none", None)
+    result = fit(cfg, out_dir=tmp_path, checkpoint_dir=tmp_path / "checkpoints", log=lambda _m: None)
+    card = read_card("mnist", "dnn", tmp_path)
+    assert card["model"] == "dnn" and card["parameter_count"] == 569_226 and "circuit" not in card
+    assert card["architecture"].startswith("mlp(784, 512, 256, 128, 10)") and "no convolution" in card["architecture"]
+    assert card["paper_model"]["name"] == "DNN" and card["input"]["output"] == "logits"
+    assert [h["epoch"] for h in card["history"]] == [1, 2] and card["history"][1]["train_loss"] < 2.5
+    assert "dnn" in available_models("mnist", tmp_path)
+    loaded, loaded_card = load_model("mnist", "dnn", directory=tmp_path)
+    assert loaded_card["weights_sha256"] == card["weights_sha256"] and not loaded.training
+    images, labels = load_samples("mnist")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), result.model(images), atol=0, rtol=0)
+    accuracy = float((loaded(images).argmax(-1) == labels).float().mean())
+    assert accuracy == pytest.approx(card["clean_test_accuracy"], abs=1e-4)  # samples: train split = test split
+
+
+def test_dnn_optimiser_is_adam_at_a_constant_learning_rate():
+    cfg = default_config("cifar10", "dnn")
+    model = build_model("cifar10", "dnn")
+    opt, sched = make_optimizer(model, cfg, steps=100)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-4
+    for _ in range(50):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3]
 
 
 def test_unknown_model_name_is_refused(tmp_path):
