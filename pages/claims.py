@@ -36,7 +36,7 @@ for card in mine:
                        icon=":material/verified:")
         else:
             st.warning("RobustBench would not admit it: " + "; ".join(view.reasons) + ".", icon=":material/block:")
-        st.dataframe(view.flags, hide_index=True, width="stretch")
+        st.table(view.flags.set_index("check"))
 
 with st.expander("How these cards are made, and the command that regenerates them"):
     st.markdown(lab.CLAIMS_EXPLAINED)
