@@ -51,7 +51,7 @@ async def _one_session(browser, url: str, plan: dict) -> dict:
     query = f"dataset={plan['dataset']}&attack=pgd&class={plan['class']}&sample=0&eps={plan['eps']}&mode={plan['mode']}"
     try:
         await page.goto(f"{url}/?{query}", timeout=PAGE_TIMEOUT_MS)
-        await page.get_by_text(re.compile("FLIPPED|HELD")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        await page.get_by_text(re.compile("FLIPPED|HELD|WRONG BEFORE")).first.wait_for(timeout=PAGE_TIMEOUT_MS)
         await page.wait_for_function(SETTLED_JS, timeout=PAGE_TIMEOUT_MS, polling=250)
         return {
             "plan": plan, "errors": errors,
