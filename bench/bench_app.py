@@ -19,19 +19,21 @@ Measures, in one run, on this machine:
    its ``seconds``, what the page shows), for the classical CNN and hybrid-full in both gradient
    modes, the three models timed in turn (interleaved) ``--ratio-repeats`` times, 1 thread; the
    ratio of medians is reported (and the ratio of minima, which a busy machine disturbs least).
-   Target: at most 1.3x.
+   Target: at most 1.3x. ``--with-reference`` also times the hybrid on the code paths before that
+   issue (the fast backend's general path, the fusion's op-by-op formulas), interleaved in the same run.
 
-Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--ratio-repeats 40] [--no-browser]``.
+Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--ratio-repeats 40] [--with-reference] [--no-browser]``.
 Needs Debian's Chromium (/usr/bin/chromium) and Playwright for parts 1 and 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -42,9 +44,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from browser_support import CHROMIUM, SETTLED_JS, launch_options, streamlit_server  # noqa: E402
 
-from qshield_core import lab, viz  # noqa: E402
+from qshield_core import fusion_ops, lab, viz  # noqa: E402
 from qshield_core.data import get_spec  # noqa: E402
 from qshield_core.evaluation import run_attack  # noqa: E402
+from qshield_core.models import DynamicFusion  # noqa: E402
+from qshield_core.simulator import FastCircuitSimulator  # noqa: E402
 
 TARGET_FIRST_PAGE_S = 10.0
 TARGET_ATTACK_S = 2.0
@@ -165,42 +169,72 @@ def interleaved(models: dict[str, torch.nn.Module], samples: list[Sample], timed
     return times
 
 
-def ratio_cells(times: dict[str, list[float]]) -> list[str]:
-    """Per gradient mode: median ms, hybrid / classical ratio of medians [of minima], verdict."""
-    base, base_min = statistics.median(times["classical"]), min(times["classical"])
-    cells = []
+@contextlib.contextmanager
+def reference_paths() -> Iterator[None]:
+    """Run the hybrid as before issue 11: the fast backend's general path, the fusion's op-by-op formulas.
+
+    Patches the classes, so only for this single-threaded benchmark."""
+    saved = FastCircuitSimulator.product_path_applies, DynamicFusion.alpha, DynamicFusion.__dict__["fuse"]
+    FastCircuitSimulator.product_path_applies = lambda self, weights: False
+    DynamicFusion.alpha = lambda self, logits, quantum: fusion_ops.reference_alpha(self.mlp, logits, quantum)
+    DynamicFusion.fuse = staticmethod(fusion_ops.reference_fuse)
+    try:
+        yield
+    finally:
+        FastCircuitSimulator.product_path_applies, DynamicFusion.alpha, DynamicFusion.fuse = saved
+
+
+class ReferencePaths(torch.nn.Module):
+    """``model`` run inside :func:`reference_paths` (its backward pass follows the graph built then)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with reference_paths():
+            return self.model(x)
+
+
+def ratio_cell(times: dict[str, list[float]], name: str) -> str:
+    """Median ms, hybrid / classical ratio of medians [of minima], verdict."""
+    median = statistics.median(times[name])
+    ratio = median / statistics.median(times["classical"])
+    verdict = "ok" if ratio <= TARGET_RATIO else "OVER"
+    return f"{median * 1e3:8.2f} {ratio:5.2f}x [{min(times[name]) / min(times['classical']):4.2f}x] {verdict:<4}"
+
+
+def ratio_models(dataset: str, with_reference: bool) -> dict[str, torch.nn.Module]:
+    """The classical CNN and hybrid-full in both modes as the app holds them (and on the reference paths)."""
+    models = {"classical": lab.load(dataset, "classical").model}
     for mode in ("paper", "differentiable"):
-        median = statistics.median(times[mode])
-        ratio = median / base
-        verdict = "ok" if ratio <= TARGET_RATIO else "OVER"
-        cells.append(f"{median * 1e3:8.2f} {ratio:5.2f}x [{min(times[mode]) / base_min:4.2f}x] {verdict:<4}")
-    return cells
+        models[mode] = lab.load(dataset, "hybrid-full", grad_mode=mode).model
+        if with_reference:
+            models[f"{mode}, before"] = ReferencePaths(models[mode])
+    return {name: lab.InferenceOnly(model) for name, model in models.items()}
 
 
-def bench_ratios(datasets: list[str], repeats: int) -> None:
+def bench_ratios(datasets: list[str], repeats: int, with_reference: bool = False) -> None:
     torch.set_num_threads(1)
     print(f"\n## Hybrid / classical on one image, interleaved, {repeats} repeats, 1 thread (target <= {TARGET_RATIO}x):"
           f" median ms, ratio of medians [ratio of minima]")
-    print(f"{'dataset':<12} {'measure':<18} {'classical':>9} {'hybrid-full (paper)':>28} "
-          f"{'hybrid-full (differentiable)':>30}")
+    columns = ["paper", "differentiable"] + (["paper, before", "differentiable, before"] if with_reference else [])
+    print(f"{'dataset':<12} {'measure':<18} {'classical':>9} "
+          + " ".join(f"{'hybrid-full (' + name + ')':>30}" for name in columns))
     for dataset in datasets:
         spec = get_spec(dataset)
         try:
-            models = {"classical": lab.load(dataset, "classical"),
-                      "paper": lab.load(dataset, "hybrid-full", grad_mode="paper"),
-                      "differentiable": lab.load(dataset, "hybrid-full", grad_mode="differentiable")}
+            models = ratio_models(dataset, with_reference)
         except lab.zoo.ModelUnavailableError as err:
             print(f"{dataset:<12} skipped: {err}")
             continue
-        wrapped = {name: lab.InferenceOnly(loaded.model) for name, loaded in models.items()}
         samples = [(lab.sample_image(e).reshape(1, *spec.input_shape), torch.tensor([e["label"]]))
                    for e in lab.sample_table(dataset)[:10]]
         for measure, timed in (("forward+backward", gradient_seconds),
                                ("PGD-10", lambda m, x, y, d=dataset: pgd_seconds(m, x, y, d))):
-            times = interleaved(wrapped, samples, timed, repeats)
-            cells = ratio_cells(times)
-            print(f"{dataset:<12} {measure:<18} {statistics.median(times['classical']) * 1e3:9.2f} {cells[0]:>28} "
-                  f"{cells[1]:>30}")
+            times = interleaved(models, samples, timed, repeats)
+            print(f"{dataset:<12} {measure:<18} {statistics.median(times['classical']) * 1e3:9.2f} "
+                  + " ".join(f"{ratio_cell(times, name):>30}" for name in columns))
 
 
 def main() -> None:
@@ -211,6 +245,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
                         help="datasets of the ratio timings")
     parser.add_argument("--only-ratios", action="store_true", help="only the hybrid / classical ratios (part 4)")
+    parser.add_argument("--with-reference", action="store_true",
+                        help="part 4 also times the hybrid on the code paths before issue 11, in the same run")
     parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
     parser.add_argument("--launcher", choices=["serve", "streamlit"], default="serve",
                         help="start the server as make run does (serve) or with plain streamlit run")
@@ -221,7 +257,7 @@ def main() -> None:
         bench_browser(args.clicks, args.launcher)
     if not args.only_ratios:
         bench_attack(args.images)
-    bench_ratios(args.datasets, args.ratio_repeats)
+    bench_ratios(args.datasets, args.ratio_repeats, args.with_reference)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Prints, in one run and measured side by side on this machine:
 
 1. circuit only: forward+backward time of the 4-qubit QShield circuit (full entanglement) for a
-   batch, on the fast backend, PennyLane ``default.qubit`` / ``default.mixed`` (backprop, broadcast),
+   batch, on the fast backend (its product path, and its general path for comparison), PennyLane
+   ``default.qubit`` / ``default.mixed`` (backprop, broadcast),
    ``lightning.qubit`` (adjoint, noiseless only) and the paper's per-sample loop (forward only: it
    has no gradient);
 2. per dataset: forward+backward time per batch of the classical CNN and of hybrid-full (mixed
@@ -42,6 +43,7 @@ from qshield_core.data import get_spec
 from qshield_core.models import QShieldHybrid, build_model
 from qshield_core.noise import NoiseModel
 from qshield_core.quantum import CircuitConfig, QuantumCircuitLayer, circuit
+from qshield_core.simulator import FastCircuitSimulator
 from qshield_core.zoo import ModelUnavailableError, load_model
 
 DATASETS = ("mnist", "organamnist", "cifar10")
@@ -134,16 +136,29 @@ def lightning_executor(config: CircuitConfig) -> Callable[[torch.Tensor], torch.
     return run
 
 
+def general_path(config: CircuitConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fast backend's general (statevector / density-matrix) path, which the product path replaced
+    for circuits without trainable rotations."""
+    return FastCircuitSimulator(config.n_qubits, config.encoding, config.pairs, config.depth,
+                                config.noise).general_probabilities
+
+
 def bench_circuit(batch: int, loop_batch: int, repeats: int) -> list[Timing]:
     clean = CircuitConfig(4, "enhanced", "full", noise=NoiseModel("none", 0.0))
     noisy = CircuitConfig(4, "enhanced", "full", noise=SHIPPED_NOISE)
     angles = (torch.rand(batch, 4, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * math.pi
     per = f"batch {batch}, fwd+bwd"
     rows = [
-        measure("circuit", "-", "fast, noiseless (statevector)",
+        measure("circuit", "-", "fast, noiseless (product path)",
                 circuit_step(QuantumCircuitLayer(clean, "fast"), angles, True), repeats, per),
-        measure("circuit", "-", "fast, mixed p=0.005 (density matrix)",
+        measure("circuit", "-", "fast, mixed p=0.005 (product path)",
                 circuit_step(QuantumCircuitLayer(noisy, "fast"), angles, True), repeats, per),
+        measure("circuit", "-", "fast general path, noiseless (statevector)",
+                circuit_step(general_path(clean), angles, True), repeats, per,
+                note="what circuits with trainable rotations run"),
+        measure("circuit", "-", "fast general path, mixed p=0.005 (density matrix)",
+                circuit_step(general_path(noisy), angles, True), repeats, per,
+                note="what circuits with trainable rotations run"),
         measure("circuit", "-", "PennyLane default.qubit, noiseless",
                 circuit_step(QuantumCircuitLayer(clean, "pennylane"), angles, True), repeats, per,
                 note="backprop, broadcast"),

@@ -1,6 +1,6 @@
 """The dynamic fusion's stages as single autograd nodes whose backward passes are written out.
 
-The fusion rule is the paper's (Azimi et al., arXiv 2604.10933, section 3.4): seven statistics of
+The fusion rule is the paper's (QShield, Azimi et al., arXiv 2604.10933): seven statistics of
 the CNN logits and of the quantum log-probabilities feed an MLP that gives alpha, and the output is
 normalise((alpha sqrt(p_cnn) + sqrt(1 - alpha^2) sqrt(p_quantum))^2). On one image each stage is a
 few dozen operations on ten numbers: recorded by autograd op by op, their backward passes cost more
@@ -12,7 +12,9 @@ Here each stage is one :class:`torch.autograd.Function`:
 - its backward pass is the chain rule written out in NumPy (an operation on a few numbers costs a
   third of a torch operation), with autograd's subgradient conventions at the clamps, the max, the
   leaky ReLU and a zero norm. The gradients equal autograd's on the reference formulas up to float
-  rounding (tests/test_fusion_ops.py); they are not twice differentiable.
+  rounding (tests/test_fusion_ops.py); they are not twice differentiable. Matrix products go
+  through torch, never NumPy: NumPy's BLAS keeps a thread pool of its own that would spin beside
+  torch's threads and slow both down.
 
 :func:`inference_alpha` fuses the statistics with the MLP and serves evaluation mode only (the
 MLP's batch-norm layers use their running statistics there); training runs the MLP's modules.
@@ -119,7 +121,7 @@ def _statistics_backward(grad: np.ndarray, saved: Sequence[torch.Tensor]) -> tup
         n = centred.shape[-1]
         g_centred = (other * g_sum[:, None] + direction * (g_product * other_norm)[:, None]
                      + centred * (2 / n * g_var)[:, None] + centred**3 * (4 / n * g_kurt / floored**2)[:, None])
-        g_x = g_centred - g_centred.mean(-1, keepdims=True)
+        g_x = g_centred - g_centred.sum(-1, keepdims=True) * (1 / n)
         g_x[np.arange(len(g_x)), where] += g_max
         results.append(g_x)
     return results[0], results[1]
@@ -171,27 +173,34 @@ def _layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
 
-def _layer_backward(layer: nn.Module, x: np.ndarray, y: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, list]:
-    """(d loss / d x, [d loss / d each parameter of ``layer``]) from d loss / d y = ``grad``."""
+def _layer_backward(layer: nn.Module, x: np.ndarray, y: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """d loss / d x from d loss / d y = ``grad``, for y = ``layer``(x) in evaluation mode."""
     if isinstance(layer, nn.Linear):
-        grads = [grad.T @ x] + ([grad.sum(0)] if layer.bias is not None else [])
-        return grad @ _array(layer.weight), grads
+        return (torch.from_numpy(grad) @ layer.weight.detach()).numpy()  # see the module docstring on matmuls
     if isinstance(layer, nn.LeakyReLU):
-        return np.where(x > 0, grad, grad * layer.negative_slope), []
+        return np.where(x > 0, grad, grad * layer.negative_slope)
     if isinstance(layer, nn.BatchNorm1d):
-        inv_std = 1 / np.sqrt(_array(layer.running_var) + layer.eps)
-        if layer.weight is None:
-            return grad * inv_std, []
-        normalised = (x - _array(layer.running_mean)) * inv_std
-        return grad * (_array(layer.weight) * inv_std), [(grad * normalised).sum(0), grad.sum(0)]
-    return grad * y * (1 - y), []
+        scale = 1 / np.sqrt(_array(layer.running_var) + layer.eps)
+        return grad * (scale if layer.weight is None else _array(layer.weight) * scale)
+    return grad * y * (1 - y)
+
+
+def _parameter_grads(layer: nn.Module, x: np.ndarray, grad: np.ndarray) -> list[torch.Tensor]:
+    """The gradients of ``layer``'s parameters (in ``layer.parameters()`` order) from d loss / d output."""
+    g = torch.from_numpy(grad)
+    if isinstance(layer, nn.Linear):
+        return [g.T @ torch.from_numpy(x)] + ([g.sum(0)] if layer.bias is not None else [])
+    if isinstance(layer, nn.BatchNorm1d) and layer.weight is not None:
+        normalised = (x - _array(layer.running_mean)) / np.sqrt(_array(layer.running_var) + layer.eps)
+        return [torch.from_numpy((grad * normalised).sum(0)), g.sum(0)]
+    return []
 
 
 class InferenceAlpha(torch.autograd.Function):
     """:func:`reference_alpha` in evaluation mode as one autograd node (bit-identical values).
 
-    Inputs: the logits, the quantum probabilities, the MLP, then the MLP's parameters (so that
-    they get their gradients when asked for).
+    Inputs: the logits, the quantum probabilities, the MLP, then the MLP's parameters when any of
+    them requires a gradient (they then get theirs; the app's models have none to compute).
     """
 
     @staticmethod
@@ -210,18 +219,18 @@ class InferenceAlpha(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         values = [t.numpy() for t in ctx.activations]
         g = _array(grad).reshape(values[-1].shape)
-        parameter_grads: list[np.ndarray] = []
+        wanted = ctx.needs_input_grad
+        parameter_grads: list[torch.Tensor] = []
         for index in range(len(ctx.mlp) - 1, -1, -1):
-            g, grads = _layer_backward(ctx.mlp[index], values[index], values[index + 1], g)
-            parameter_grads = grads + parameter_grads
+            if len(wanted) > 3:
+                parameter_grads = _parameter_grads(ctx.mlp[index], values[index], g) + parameter_grads
+            g = _layer_backward(ctx.mlp[index], values[index], values[index + 1], g)
         g_logits, g_log = _statistics_backward(g, ctx.stash)
         quantum_probs, floored = (_array(t) for t in ctx.quantum)
         g_quantum = (quantum_probs >= LOG_FLOOR) * (g_log / floored)
-        wanted = ctx.needs_input_grad
         return (torch.from_numpy(g_logits) if wanted[0] else None,
                 torch.from_numpy(g_quantum) if wanted[1] else None, None,
-                *(torch.from_numpy(np.ascontiguousarray(p)) if w else None
-                  for p, w in zip(parameter_grads, wanted[3:], strict=True)))
+                *(p if w else None for p, w in zip(parameter_grads, wanted[3:], strict=True)))
 
 
 def inference_alpha(mlp: nn.Sequential, cnn_logits: torch.Tensor, quantum_probs: torch.Tensor) -> torch.Tensor:
@@ -230,6 +239,8 @@ def inference_alpha(mlp: nn.Sequential, cnn_logits: torch.Tensor, quantum_probs:
     if not torch.is_grad_enabled():
         return reference_alpha(mlp, cnn_logits, quantum_probs)
     parameters = [p for layer in mlp for p in layer._parameters.values() if p is not None]  # mlp.parameters(), faster
+    if not any(p.requires_grad for p in parameters):
+        parameters = []
     return InferenceAlpha.apply(cnn_logits, quantum_probs, mlp, *parameters)
 
 

@@ -16,11 +16,12 @@ Without trainable rotations (the shipped circuits) there is a shorter, real-valu
 is rho = 2^-n (x) (I + x X + y Y + z Z) and its coordinates in the Pauli-string basis are the
 Kronecker product of the per-qubit real 4-vectors (1, x, y, z). Every operation after the
 encoding (CNOTs, noise, readout error) is a fixed linear map, so the probabilities are one fixed
-*real* (4^n, 2^n) matrix applied to that product (Pauli transfer matrix; Greenbaum 2015,
-arXiv:1509.02921, section 3.3), the matrix being computed once from the density-matrix path
-itself. One call is then a few real elementwise products and one small matmul, and its backward
-pass is written out by hand (:class:`ProductStateProbabilities`) instead of recorded op by op: at
-batch 1 the per-call overhead, not the arithmetic, is what a circuit costs. The density-matrix and
+*real* (4^n, 2^n) matrix applied to that product (rows of the Pauli transfer matrix, Chow et
+al., PRL 109, 060501, 2012), the matrix being computed once from the density-matrix path itself.
+One call is then a few real elementwise products and one small matmul (in float64, see
+:func:`product_state_forward`), and its backward pass is written out by hand
+(:class:`ProductStateProbabilities`) instead of recorded op by op: at batch 1 the per-call
+overhead, not the arithmetic, is what a circuit costs. The density-matrix and
 statevector paths stay the reference (``FastCircuitSimulator.general_probabilities``) and are used
 whenever trainable rotations are present or there are more than ``MAX_PRODUCT_QUBITS`` qubits.
 
@@ -178,18 +179,30 @@ def kron_rows_backward(grad: np.ndarray, vectors: np.ndarray, products: Sequence
     grads = np.empty_like(vectors)
     for wire in range(n - 1, 0, -1):
         blocks = grad.reshape(batch, -1, width)  # (B, d^wire, d): (index of the product before, this qubit's)
+        # One tiny product per sample: too small for NumPy's BLAS to start threads beside torch's.
         grads[:, wire] = np.matmul(products[wire - 1][:, None, :], blocks)[:, 0]
         grad = np.matmul(blocks, vectors[:, wire, :, None])[..., 0]
     grads[:, 0] = grad
     return grads
 
 
-def product_state_forward(angles: np.ndarray, transfer: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple]:
-    """The product path's probabilities, and what :class:`ProductStateProbabilities` needs to go back."""
-    cos, sin = np.cos(angles), np.sin(angles)
+def product_state_forward(angles: torch.Tensor, transfer: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple]:
+    """The product path's probabilities (in ``angles``' precision), and what the backward pass needs.
+
+    Computed in float64 whatever the input: each probability is a sum of Pauli terms of order one
+    that cancel down to it, and in float32 the shipped models' probabilities of 1e-8 came out with
+    relative errors of 1e-2 (the general path keeps 6e-7); the fusion reads their logarithms.
+    """
+    values = angles.detach().numpy().astype(np.float64, copy=False)
+    cos, sin = np.cos(values), np.sin(values)
     vectors = bloch_vectors(cos, sin, encoding)
     products = kron_rows(vectors)
-    return torch.from_numpy(products[-1]) @ transfer, (cos, sin, vectors, products)
+    probs = torch.from_numpy(products[-1]) @ transfer
+    return probs.to(_output_dtype(angles.dtype)), (cos, sin, vectors, products)
+
+
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class ProductStateProbabilities(torch.autograd.Function):
@@ -197,14 +210,14 @@ class ProductStateProbabilities(torch.autograd.Function):
 
     On a few numbers a NumPy operation costs a third of a torch one, and autograd would record and
     replay some thirty of them per call; so the elementwise work and the chain rule (through the
-    Kronecker products and :func:`bloch_vectors_backward`) run in NumPy, the two matmuls in torch.
-    Not twice differentiable.
+    Kronecker products and :func:`bloch_vectors_backward`) run in NumPy, the two matmuls in torch,
+    all in float64 (``transfer`` is float64). Not twice differentiable.
     """
 
     @staticmethod
     def forward(ctx, angles: torch.Tensor, transfer: torch.Tensor, encoding: str) -> torch.Tensor:
-        probs, ctx.stash = product_state_forward(angles.detach().numpy(), transfer, encoding)
-        ctx.transfer, ctx.encoding = transfer, encoding
+        probs, ctx.stash = product_state_forward(angles, transfer, encoding)
+        ctx.transfer, ctx.encoding, ctx.dtype = transfer, encoding, angles.dtype
         return probs
 
     @staticmethod
@@ -213,16 +226,17 @@ class ProductStateProbabilities(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         cos, sin, vectors, products = ctx.stash
-        upstream = (grad @ ctx.transfer.transpose(0, 1)).numpy()  # d loss / d (x)_w r_w
+        upstream = (grad.to(ctx.transfer.dtype) @ ctx.transfer.transpose(0, 1)).numpy()  # d loss / d (x)_w r_w
         vector_grads = kron_rows_backward(upstream, vectors, products)
-        return torch.from_numpy(bloch_vectors_backward(vector_grads, cos, sin, vectors, ctx.encoding)), None, None
+        angle_grads = bloch_vectors_backward(vector_grads, cos, sin, vectors, ctx.encoding)
+        return torch.from_numpy(angle_grads).to(ctx.dtype), None, None
 
 
 def product_state_probabilities(angles: torch.Tensor, transfer: torch.Tensor, encoding: str) -> torch.Tensor:
     """The product path (module docstring): one autograd node, or none when no gradient is wanted."""
     if torch.is_grad_enabled() and angles.requires_grad:
         return ProductStateProbabilities.apply(angles, transfer, encoding)
-    return product_state_forward(angles.detach().numpy(), transfer, encoding)[0]
+    return product_state_forward(angles, transfer, encoding)[0]
 
 
 def pauli_transfer_rows(readout_map: np.ndarray, n_qubits: int, components: Sequence[int]) -> np.ndarray:
@@ -355,8 +369,7 @@ class FastCircuitSimulator:
         """Probabilities over the 2^n basis states for each sample, shape (B, 2^n)."""
         if not self.product_path_applies(weights):
             return self.general_probabilities(angles, weights)
-        real = torch.float64 if angles.dtype == torch.float64 else torch.float32
-        return product_state_probabilities(angles.to(real), self.transfer_matrix(real), self.encoding)
+        return product_state_probabilities(angles, self.transfer_matrix(), self.encoding)
 
     def general_probabilities(self, angles: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The statevector (noiseless) or density-matrix path for any weights: the reference."""

@@ -3,6 +3,8 @@
 PennyLane runs ``default.qubit`` for noiseless circuits and ``default.mixed`` otherwise, with
 parameter broadcasting and backprop; everything is in float64 and compared to 1e-5 on the output
 probabilities and on the gradients with respect to the input angles and the trainable weights.
+Circuits without trainable rotations take the fast backend's product path (a fixed real Pauli
+transfer map); it is checked here against the general density-matrix/statevector path as well.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import math
 import pytest
 import torch
 
+from qshield_core import simulator
 from qshield_core.models import build_model
 from qshield_core.noise import NoiseModel
-from qshield_core.quantum import ENCODINGS, ENTANGLEMENTS, CircuitConfig, QuantumCircuitLayer
-from qshield_core.simulator import FastCircuitSimulator
+from qshield_core.quantum import ENCODINGS, ENTANGLEMENTS, CircuitConfig, QuantumCircuitLayer, entangling_pairs
+from qshield_core.simulator import MAX_PRODUCT_QUBITS, FastCircuitSimulator, ProductStateProbabilities
 
 TOL = 1e-5
 BATCH = 4
@@ -125,12 +128,133 @@ def test_unknown_backend_is_refused():
         QuantumCircuitLayer(CircuitConfig(), "qiskit")
 
 
-def test_simulator_readout_map_is_cached_for_fixed_weights():
+def test_simulator_maps_are_cached_for_fixed_weights():
     sim = FastCircuitSimulator(4, "enhanced", [(0, 1)], 1, NOISE_MODELS["mixed"])
     angles = make_angles(CircuitConfig(), 2, seed=1)
     first = sim.probabilities(angles)
-    assert torch.complex128 in sim._fixed_cache
+    assert torch.complex128 in sim._fixed_cache and torch.float64 in sim._transfer_cache
     torch.testing.assert_close(sim.probabilities(angles), first, atol=0, rtol=0)
+    assert sim.transfer_matrix(torch.float32) is sim.transfer_matrix(torch.float32)
+
+
+# --------------------------------------------------------------------------- the product path
+
+PRODUCT_TOL = 1e-10  # float64; both paths are exact, so only rounding separates them
+PRODUCT_NOISE = ["none", "mixed", "thermal", "readout", "mixed+readout"]
+
+
+def general_and_product(config: CircuitConfig, angles: torch.Tensor, cotangent: torch.Tensor):
+    """(probabilities, input gradient) of the general path and of the product path, in that order."""
+    sim = FastCircuitSimulator(config.n_qubits, config.encoding, config.pairs, config.depth, config.noise)
+    results = []
+    for run in (sim.general_probabilities, sim.probabilities):
+        a = angles.clone().requires_grad_(True)
+        probs = run(a)
+        (grad,) = torch.autograd.grad((probs * cotangent).sum(), a)
+        results.append((probs.detach(), grad))
+    return results
+
+
+@pytest.mark.parametrize("encoding, entanglement, noise", list(itertools.product(ENCODINGS, ENTANGLEMENTS,
+                                                                                   PRODUCT_NOISE)))
+def test_product_path_equals_general_path(encoding, entanglement, noise):
+    config = CircuitConfig(4, encoding, entanglement, 1, False, NOISE_MODELS[noise])
+    seed = len(encoding) * 100 + ENTANGLEMENTS.index(entanglement) * 10 + PRODUCT_NOISE.index(noise)
+    angles = make_angles(config, BATCH, seed)
+    cotangent = torch.randn(BATCH, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    (general, general_grad), (product, product_grad) = general_and_product(config, angles, cotangent)
+    assert float(general_grad.abs().max()) > 1e-3
+    torch.testing.assert_close(product, general, atol=PRODUCT_TOL, rtol=0)
+    torch.testing.assert_close(product_grad, general_grad, atol=PRODUCT_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_product_path_serves_deeper_fixed_circuits(encoding):
+    """Depth 2 without trainable rotations is still a fixed map after the encoding: same result."""
+    config = CircuitConfig(3, encoding, "ring", 2, False, NOISE_MODELS["mixed+readout"])
+    angles = make_angles(config, 3, seed=21)
+    cotangent = torch.randn(3, 8, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    (general, general_grad), (product, product_grad) = general_and_product(config, angles, cotangent)
+    torch.testing.assert_close(product, general, atol=PRODUCT_TOL, rtol=0)
+    torch.testing.assert_close(product_grad, general_grad, atol=PRODUCT_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("encoding, entanglement, noise", [("enhanced", "full", "shipped"),
+                                                           ("angle", "ring", "mixed+readout"),
+                                                           ("enhanced", "star", "none")])
+def test_product_path_equals_pennylane_to_1e6(encoding, entanglement, noise):
+    noise_model = NoiseModel("mixed", 0.005) if noise == "shipped" else NOISE_MODELS[noise]
+    config = CircuitConfig(4, encoding, entanglement, 1, False, noise_model)
+    angles = make_angles(config, BATCH, seed=31)
+    cotangent = torch.randn(BATCH, 16, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    fast_probs, (fast_grad,) = outputs_and_gradients(make_layer(config, "fast", 0), angles, cotangent)
+    ref_probs, (ref_grad,) = outputs_and_gradients(make_layer(config, "pennylane", 0), angles, cotangent)
+    torch.testing.assert_close(fast_probs, ref_probs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast_grad, ref_grad, atol=1e-6, rtol=0)
+
+
+def test_product_path_float32_matches_float64():
+    config = CircuitConfig(4, "enhanced", "full", 1, False, NoiseModel("mixed", 0.005))
+    layer = make_layer(config, "fast", 0)
+    angles = make_angles(config, 64, seed=41)
+    cotangent = torch.randn(64, 16, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
+    double, (double_grad,) = outputs_and_gradients(layer, angles, cotangent)
+    single, (single_grad,) = outputs_and_gradients(layer.float(), angles.float(), cotangent.float())
+    assert single.dtype == torch.float32 and single_grad.dtype == torch.float32
+    torch.testing.assert_close(single.double(), double, atol=1e-6, rtol=0)
+    torch.testing.assert_close(single_grad.double(), double_grad, atol=1e-6, rtol=0)
+    # Small probabilities keep float32's relative precision (the fusion reads their logarithms):
+    # near |0...0> most of the 16 probabilities are tiny.
+    near_zero = angles * 0.01
+    double = layer.double()(near_zero).detach()
+    single = layer.float()(near_zero.float()).detach()
+    assert float(double.min()) < 1e-8
+    assert float(((single.double() - double).abs() / double).max()) < 1e-6
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_product_path_gradcheck(encoding):
+    sim = FastCircuitSimulator(3, encoding, [(0, 1), (1, 2)], 1, NOISE_MODELS["mixed+readout"])
+    angles = make_angles(CircuitConfig(3, encoding), 2, seed=51).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: ProductStateProbabilities.apply(a, sim.transfer_matrix(), encoding),
+                                    (angles,))
+
+
+def test_product_path_batch_equals_per_sample_and_needs_no_graph_without_gradient():
+    sim = FastCircuitSimulator(4, "enhanced", entangling_pairs("full", 4), 1, NOISE_MODELS["mixed+readout"])
+    angles = make_angles(CircuitConfig(), 6, seed=61)
+    batch = sim.probabilities(angles)
+    single = torch.cat([sim.probabilities(angles[i: i + 1]) for i in range(6)])
+    torch.testing.assert_close(batch, single, atol=1e-12, rtol=0)
+    with torch.no_grad():
+        assert sim.probabilities(angles.requires_grad_(True)).grad_fn is None
+    assert sim.probabilities(angles).grad_fn is not None
+
+
+def test_product_path_is_not_twice_differentiable():
+    sim = FastCircuitSimulator(2, "enhanced", [(0, 1)], 1, NOISE_MODELS["none"])
+    angles = make_angles(CircuitConfig(2), 1, seed=71).requires_grad_(True)
+    (grad,) = torch.autograd.grad(sim.probabilities(angles)[0, 1], angles, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad.sum(), angles)
+
+
+def test_general_path_serves_trainable_circuits_and_large_registers(monkeypatch):
+    """Trainable rotations change the map at every step, and 4^n grows fast: both take the general path."""
+    calls = []
+    real = simulator.product_state_probabilities
+    monkeypatch.setattr(simulator, "product_state_probabilities", lambda *a: calls.append(a) or real(*a))
+    variational = make_layer(CircuitConfig(4, "enhanced", "full", 1, True, NOISE_MODELS["mixed"]), "fast", 3)
+    variational(make_angles(CircuitConfig(), 2, seed=81))
+    assert not calls and not variational._fast.product_path_applies(variational.weights)
+    big = FastCircuitSimulator(MAX_PRODUCT_QUBITS + 1, "angle", [], 1, NOISE_MODELS["none"])
+    assert not big.product_path_applies(None)
+    assert big.probabilities(make_angles(CircuitConfig(MAX_PRODUCT_QUBITS + 1, "angle"), 2, seed=82)).shape == (
+        2, 2 ** (MAX_PRODUCT_QUBITS + 1))
+    assert not calls
+    fixed = make_layer(CircuitConfig(4, "enhanced", "full", 1, False, NOISE_MODELS["mixed"]), "fast", 3)
+    fixed(make_angles(CircuitConfig(), 2, seed=83))
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("noise", ["none", "mixed+readout"])
