@@ -37,10 +37,10 @@ from .evaluation import (
     predict_probs,
     run_attack,
     select_records,
-    strongest,
     worst_case,
 )
 from .models import QShieldHybrid
+from .report import lowest_on_shared_points
 
 CLAIMS_SCHEMA = "qshield.claims/1"
 WHITE_BOX = ("fgsm", "pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce", "apgd-dlr")
@@ -241,11 +241,7 @@ def _headline(record: dict | None) -> dict | None:
 
 def _autoattack_record(at: dict[str, dict]) -> dict | None:
     """AutoAttack's record: standard or rand (EOT), whichever leaves fewer points robust on the points both saw."""
-    found = [at[a] for a in ("autoattack", "autoattack-rand") if a in at]
-    if len(found) < 2:
-        return found[0] if found else None
-    best = strongest(found)
-    return best[0] if best is not None else min(found, key=lambda r: r["robust_accuracy"])
+    return lowest_on_shared_points([at[a] for a in ("autoattack", "autoattack-rand") if a in at])
 
 
 def _admission(flags: Sequence[Flag], standard_autoattack: bool) -> tuple[bool, list[str]]:

@@ -212,7 +212,7 @@ def union_robust(records: list[dict]):
     return worst_case(_same_points(_one_per_attack(records)))
 
 
-def _on_common_points(records: list[dict]) -> dict | None:
+def lowest_on_shared_points(records: Sequence[dict]) -> dict | None:
     """Of several records, the one with the lowest robust accuracy on the points all of them saw."""
     records = _same_points(records)
     if len(records) < 2:
@@ -228,7 +228,7 @@ def _autoattack_robust(records: list[dict], eps: float) -> str:
     its interval and n."""
     found = _one_per_attack(r for r in records if r["attack"] in ("autoattack", "autoattack-rand")
                             and _same(r["eps"], eps))
-    worst = _on_common_points(found)
+    worst = lowest_on_shared_points(found)
     if worst is None:
         return "-"
     tag = "rand, " if worst["attack"] == "autoattack-rand" else ""
@@ -244,7 +244,7 @@ def strongest_attacks(records: list[dict], dataset: str) -> tuple[dict | None, d
     paper_side = _one_per_attack(r for r in at_paper if r.get("suite") == "paper")
     adapt_side = _one_per_attack(r for r in at_paper if r.get("suite") == "adaptive")
     pgd = _best(r for r in paper_side if r["attack"] == "pgd" and is_preset_budget(r))
-    return pgd, _on_common_points(paper_side), _on_common_points(adapt_side)
+    return pgd, lowest_on_shared_points(paper_side), lowest_on_shared_points(adapt_side)
 
 
 def adaptive_table(records: list[dict]) -> str:
