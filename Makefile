@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: setup run test lint demo bench train results screenshots clean
+.PHONY: setup devices run test lint demo bench train results screenshots clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install everything
+
+devices: setup  ## optional: IBM calibration snapshots for real-device noise (qiskit-ibm-runtime, about 60 MB)
+	$(PY) -m pip install --quiet "qiskit-ibm-runtime==0.51.0"
 
 run: setup  ## start the Streamlit app on the shipped models and samples
 	$(PY) scripts/serve.py --server.port $(PORT) --server.headless true

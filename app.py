@@ -27,6 +27,7 @@ PAGES = [
     st.Page("pages/quantum_circuit.py", title="Quantum Circuit", icon=":material/blur_on:"),
     st.Page("pages/attacker_cost.py", title="Attacker Cost", icon=":material/timer:"),
     st.Page("pages/claims.py", title="Claim Cards", icon=":material/fact_check:"),
+    st.Page("pages/certified.py", title="Certified", icon=":material/verified_user:"),
     st.Page("pages/about.py", title="About / Method", icon=":material/menu_book:"),
 ]
 

@@ -19,10 +19,14 @@ Measures, in one run, on this machine:
    its ``seconds``, what the page shows), for the classical CNN and hybrid-full in both gradient
    modes, the three models timed in turn (interleaved) ``--ratio-repeats`` times, 1 thread; the
    ratio of medians is reported (and the ratio of minima, which a busy machine disturbs least).
-   Target: at most 1.3x. ``--with-reference`` also times the hybrid on the code paths before that
-   issue (the fast backend's general path, the fusion's op-by-op formulas), interleaved in the same run.
+   Target: at most 1.3x. ``--with-stages`` also times the hybrid on its stage-by-stage nodes (no fused
+   head, before that issue's item 6), ``--with-reference`` on the code paths before that issue (the fast
+   backend's general path, the fusion's op-by-op formulas), interleaved in the same run. A last row times
+   forward+backward on a batch of ``--ratio-batch`` images (128; a quarter of the repeats), to check that
+   the batched path did not get slower.
 
-Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--ratio-repeats 40] [--with-reference] [--no-browser]``.
+Usage: ``python bench/bench_app.py [--images 10] [--clicks 5] [--ratio-repeats 40] [--with-stages] [--with-reference]
+[--ratio-batch 128] [--only-ratios] [--datasets mnist ...] [--no-browser]``.
 Needs Debian's Chromium (/usr/bin/chromium) and Playwright for parts 1 and 3.
 """
 
@@ -47,7 +51,7 @@ from browser_support import CHROMIUM, SETTLED_JS, launch_options, streamlit_serv
 from qshield_core import fusion_ops, lab, viz  # noqa: E402
 from qshield_core.data import get_spec  # noqa: E402
 from qshield_core.evaluation import run_attack  # noqa: E402
-from qshield_core.models import DynamicFusion  # noqa: E402
+from qshield_core.models import DynamicFusion, QShieldHybrid  # noqa: E402
 from qshield_core.simulator import FastCircuitSimulator  # noqa: E402
 
 TARGET_FIRST_PAGE_S = 10.0
@@ -170,29 +174,33 @@ def interleaved(models: dict[str, torch.nn.Module], samples: list[Sample], timed
 
 
 @contextlib.contextmanager
-def reference_paths() -> Iterator[None]:
-    """Run the hybrid as before issue 11: the fast backend's general path, the fusion's op-by-op formulas.
-
-    Patches the classes, so only for this single-threaded benchmark."""
-    saved = FastCircuitSimulator.product_path_applies, DynamicFusion.alpha, DynamicFusion.__dict__["fuse"]
-    FastCircuitSimulator.product_path_applies = lambda self, weights: False
-    DynamicFusion.alpha = lambda self, logits, quantum: fusion_ops.reference_alpha(self.mlp, logits, quantum)
-    DynamicFusion.fuse = staticmethod(fusion_ops.reference_fuse)
+def earlier_paths(which: str) -> Iterator[None]:
+    """Run the hybrid on an earlier code path: ``"stages"``, the stage-by-stage nodes (before the fused
+    head of issue 11 item 6); ``"before"``, as before issue 11 (also the fast backend's general path and the
+    fusion's op-by-op formulas). Patches the classes, so only for this single-threaded benchmark."""
+    saved = (QShieldHybrid.fused_head, FastCircuitSimulator.product_path_applies, DynamicFusion.alpha,
+             DynamicFusion.__dict__["fuse"])
+    QShieldHybrid.fused_head = lambda self, cnn_logits: None
+    if which == "before":
+        FastCircuitSimulator.product_path_applies = lambda self, weights: False
+        DynamicFusion.alpha = lambda self, logits, quantum: fusion_ops.reference_alpha(self.mlp, logits, quantum)
+        DynamicFusion.fuse = staticmethod(fusion_ops.reference_fuse)
     try:
         yield
     finally:
-        FastCircuitSimulator.product_path_applies, DynamicFusion.alpha, DynamicFusion.fuse = saved
+        (QShieldHybrid.fused_head, FastCircuitSimulator.product_path_applies, DynamicFusion.alpha,
+         DynamicFusion.fuse) = saved
 
 
-class ReferencePaths(torch.nn.Module):
-    """``model`` run inside :func:`reference_paths` (its backward pass follows the graph built then)."""
+class EarlierPaths(torch.nn.Module):
+    """``model`` run inside :func:`earlier_paths` (its backward pass follows the graph built then)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, which: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.which = model, which
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with reference_paths():
+        with earlier_paths(self.which):
             return self.model(x)
 
 
@@ -204,36 +212,48 @@ def ratio_cell(times: dict[str, list[float]], name: str) -> str:
     return f"{median * 1e3:8.2f} {ratio:5.2f}x [{min(times[name]) / min(times['classical']):4.2f}x] {verdict:<4}"
 
 
-def ratio_models(dataset: str, with_reference: bool) -> dict[str, torch.nn.Module]:
-    """The classical CNN and hybrid-full in both modes as the app holds them (and on the reference paths)."""
+def ratio_models(dataset: str, earlier: list[str]) -> dict[str, torch.nn.Module]:
+    """The classical CNN and hybrid-full in both modes as the app holds them (and on the ``earlier`` paths)."""
     models = {"classical": lab.load(dataset, "classical").model}
     for mode in ("paper", "differentiable"):
         models[mode] = lab.load(dataset, "hybrid-full", grad_mode=mode).model
-        if with_reference:
-            models[f"{mode}, before"] = ReferencePaths(models[mode])
+    for which in earlier:
+        for mode in ("paper", "differentiable"):
+            models[f"{mode}, {which}"] = EarlierPaths(models[mode], which)
     return {name: lab.InferenceOnly(model) for name, model in models.items()}
 
 
-def bench_ratios(datasets: list[str], repeats: int, with_reference: bool = False) -> None:
+def batch_samples(samples: list[Sample], size: int) -> list[Sample]:
+    """One batch of ``size`` images: the samples repeated."""
+    index = [i % len(samples) for i in range(size)]
+    return [(torch.cat([samples[i][0] for i in index]), torch.cat([samples[i][1] for i in index]))]
+
+
+def bench_ratios(datasets: list[str], repeats: int, earlier: list[str], batch: int) -> None:
     torch.set_num_threads(1)
     print(f"\n## Hybrid / classical on one image, interleaved, {repeats} repeats, 1 thread (target <= {TARGET_RATIO}x):"
           f" median ms, ratio of medians [ratio of minima]")
-    columns = ["paper", "differentiable"] + (["paper, before", "differentiable, before"] if with_reference else [])
-    print(f"{'dataset':<12} {'measure':<18} {'classical':>9} "
+    columns = ["paper", "differentiable"] + [f"{mode}, {which}" for which in earlier
+                                             for mode in ("paper", "differentiable")]
+    print(f"{'dataset':<12} {'measure':<22} {'classical':>9} "
           + " ".join(f"{'hybrid-full (' + name + ')':>30}" for name in columns))
     for dataset in datasets:
         spec = get_spec(dataset)
         try:
-            models = ratio_models(dataset, with_reference)
+            models = ratio_models(dataset, earlier)
         except lab.zoo.ModelUnavailableError as err:
             print(f"{dataset:<12} skipped: {err}")
             continue
         samples = [(lab.sample_image(e).reshape(1, *spec.input_shape), torch.tensor([e["label"]]))
                    for e in lab.sample_table(dataset)[:10]]
-        for measure, timed in (("forward+backward", gradient_seconds),
-                               ("PGD-10", lambda m, x, y, d=dataset: pgd_seconds(m, x, y, d))):
-            times = interleaved(models, samples, timed, repeats)
-            print(f"{dataset:<12} {measure:<18} {statistics.median(times['classical']) * 1e3:9.2f} "
+        measures = [("forward+backward", gradient_seconds, samples, repeats),
+                    ("PGD-10", lambda m, x, y, d=dataset: pgd_seconds(m, x, y, d), samples, repeats)]
+        if batch > 1:
+            measures.append((f"fwd+bwd, batch {batch}", gradient_seconds, batch_samples(samples, batch),
+                             max(repeats // 4, 5)))
+        for measure, timed, inputs, n in measures:
+            times = interleaved(models, inputs, timed, n)
+            print(f"{dataset:<12} {measure:<22} {statistics.median(times['classical']) * 1e3:9.2f} "
                   + " ".join(f"{ratio_cell(times, name):>30}" for name in columns))
 
 
@@ -247,6 +267,10 @@ def main() -> None:
     parser.add_argument("--only-ratios", action="store_true", help="only the hybrid / classical ratios (part 4)")
     parser.add_argument("--with-reference", action="store_true",
                         help="part 4 also times the hybrid on the code paths before issue 11, in the same run")
+    parser.add_argument("--with-stages", action="store_true",
+                        help="part 4 also times the hybrid on its stage-by-stage nodes (no fused head), same run")
+    parser.add_argument("--ratio-batch", type=int, default=128,
+                        help="part 4 also times forward+backward on a batch of this size (0: not)")
     parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
     parser.add_argument("--launcher", choices=["serve", "streamlit"], default="serve",
                         help="start the server as make run does (serve) or with plain streamlit run")
@@ -257,7 +281,8 @@ def main() -> None:
         bench_browser(args.clicks, args.launcher)
     if not args.only_ratios:
         bench_attack(args.images)
-    bench_ratios(args.datasets, args.ratio_repeats, args.with_reference)
+    earlier = ["stages"] * args.with_stages + ["before"] * args.with_reference
+    bench_ratios(args.datasets, args.ratio_repeats, earlier, args.ratio_batch)
 
 
 if __name__ == "__main__":

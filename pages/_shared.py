@@ -3,9 +3,12 @@
 Nothing here computes anything about models or attacks: it only decides *which* library call
 to make with which settings, and caches what the library returns.
 
-- Models: ``st.cache_resource`` once per process per (dataset, model, gradient mode, noise),
-  so a model instance is never mutated by a session (switching a gradient mode picks another
-  instance instead of flipping an attribute that other sessions share).
+- Models: ``st.cache_resource`` once per process per (dataset, model, gradient mode, noise, file
+  stamp), so a model instance is never mutated by a session (switching a gradient mode picks another
+  instance instead of flipping an attribute that other sessions share), and a model file that is
+  replaced (a user model trained again) or modified is loaded, and checked, again.
+- The hybrids: the shipped ones and the user's models trained from circuit designs (``user_models/``),
+  by name from the zoo, listed afresh at every run (a model trained in the app appears at once).
 - Per-user choices: ``st.session_state`` under keys starting with ``qs_``.
 - Long work: a process-wide thread pool; a session keeps only its own :class:`Job` handle in
   its session state and polls it from a fragment, so the page stays usable meanwhile.
@@ -24,15 +27,18 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from qshield_core import lab
+from qshield_core import lab, zoo
 from qshield_core.data import DataError, get_spec
-from qshield_core.models import GRAD_MODES
+from qshield_core.models import GRAD_MODES, is_hybrid_name
 from qshield_core.noise import NOISE_KINDS, NoiseModel
 from qshield_core.quantum import CircuitConfig
 from qshield_core.zoo import ModelUnavailableError
 
 DATASETS = ("mnist", "organamnist", "cifar10")
 HYBRID_CHOICES = ("hybrid-full", "hybrid-star", "hybrid-linear", "hybrid-none")
+"""The shipped hybrids; :func:`hybrid_choices` adds the user's models."""
+PENDING_HYBRID = "qs_hybrid_pending"
+"""Session key: a hybrid to select in the sidebar at the next run (a model just trained)."""
 SHIPPED_NOISE = "as trained"
 NOISE_STRENGTHS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 READOUT_ERRORS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -79,7 +85,8 @@ def apply_query_params() -> None:
     attack = params.get("attack", "pgd")
     converters = {"dataset": str, "hybrid": str, "mode": str, "attack": str, "class": int, "sample": int,
                   "eps": int, "steps": int}
-    allowed = {"dataset": DATASETS, "hybrid": HYBRID_CHOICES, "mode": GRAD_MODES}
+    allowed = {"dataset": DATASETS, "hybrid": hybrid_choices(dataset) if dataset in DATASETS else HYBRID_CHOICES,
+               "mode": GRAD_MODES}
     for name, key in QUERY_KEYS.items():
         if name not in params:
             continue
@@ -105,8 +112,13 @@ def sidebar() -> Settings:
     with st.sidebar:
         st.markdown("### QShield")
         dataset = st.selectbox("Dataset", DATASETS, key="qs_dataset", format_func=lambda d: get_spec(d).display_name)
-        hybrid = st.selectbox("Hybrid model", HYBRID_CHOICES, key="qs_hybrid",
-                              help="The circuit's entanglement pattern (hybrid-full is the paper's main model).")
+        choices = hybrid_choices(dataset)
+        _select_pending_hybrid(choices)
+        drop_invalid("qs_hybrid", choices)
+        hybrid = st.selectbox("Hybrid model", choices, key="qs_hybrid", format_func=hybrid_label,
+                              help="The shipped hybrids differ in the circuit's entanglement pattern (hybrid-full is "
+                                   "the paper's main model); yours are the designs trained on the Quantum Circuit "
+                                   "page (user_models/).")
         grad_mode = st.radio("Hybrid gradient mode", GRAD_MODES, key="qs_grad_mode", horizontal=True,
                              help=GRAD_MODE_HELP)
         kind = st.selectbox("Noise model", (SHIPPED_NOISE, *NOISE_KINDS), key="qs_noise_kind",
@@ -143,6 +155,43 @@ def _leave_pages_folder_mode() -> None:
             st.rerun()
 
 
+def hybrid_choices(dataset: str) -> tuple[str, ...]:
+    """The shipped hybrids (the paper's backbone's, e.g. ``resnet18-hybrid-full``, once shipped), then the user's
+    models for ``dataset`` (by name, from the user models folder)."""
+    other_backbones = [m for m in zoo.available_models(dataset) if is_hybrid_name(m) and m not in HYBRID_CHOICES]
+    return (*HYBRID_CHOICES, *other_backbones, *zoo.user_models(dataset))
+
+
+def is_user_model(name: str) -> bool:
+    """A hybrid trained from a circuit design (user_models/), not one of the shipped models."""
+    return name.startswith("hybrid-") and not zoo.is_builtin_name(name)
+
+
+def hybrid_label(name: str) -> str:
+    return f"{name} (yours)" if is_user_model(name) else name
+
+
+def select_hybrid_next_run(name: str) -> None:
+    """Make ``name`` the sidebar's hybrid from the next run on (e.g. a model just trained)."""
+    st.session_state[PENDING_HYBRID] = name
+
+
+def _select_pending_hybrid(choices: tuple[str, ...]) -> None:
+    """Apply :func:`select_hybrid_next_run` before the selectbox is drawn (a drawn widget's value cannot change)."""
+    pending = st.session_state.pop(PENDING_HYBRID, None)
+    if pending in choices:
+        st.session_state["qs_hybrid"] = pending
+
+
+def shipped_only_note(s: Settings, what: str) -> None:
+    """Say that this page covers the shipped models only, when the sidebar's hybrid is one of the user's."""
+    if is_user_model(s.hybrid):
+        st.info(f"{what} cover the shipped models only; **{s.hybrid}** (yours) is not among them. Attack it in the "
+                "Attack Lab, the Gallery, or a fresh sweep of the Robustness Explorer, or evaluate it with "
+                f"`python -m qshield_core evaluate --dataset {s.dataset} --model {s.hybrid} ...`.",
+                icon=":material/info:")
+
+
 SIDEBAR_KEYS = ("qs_dataset", "qs_hybrid", "qs_grad_mode", "qs_noise_kind", "qs_noise_p", "qs_readout")
 
 
@@ -165,17 +214,42 @@ def _model_status(s: Settings) -> None:
         if loaded.model is None:
             st.error(f"{name}: unavailable. {loaded.error}", icon=":material/block:")
         else:
-            acc = loaded.card.get("clean_test_accuracy")
-            acc_text = f"{100 * acc:.2f} % clean test accuracy" if acc is not None else "no accuracy on card"
-            st.caption(f":material/check_circle: {name}: {acc_text}")
+            st.caption(f":material/check_circle: {name}: {_accuracy_text(loaded.card)}")
+
+
+def _accuracy_text(card: dict) -> str:
+    acc = card.get("clean_test_accuracy")
+    if acc is None:
+        return "no accuracy on card"
+    if str(card.get("data", {}).get("source", "")).startswith("shipped samples"):
+        return f"{100 * acc:.2f} % on the shipped samples it was trained on (a smoke run, not a test accuracy)"
+    return f"{100 * acc:.2f} % clean test accuracy"
 
 
 # --------------------------------------------------------------------------- models
 
 
+def _file_stamp(dataset: str, model_name: str) -> tuple:
+    """(mtime, size) of the card and weights the zoo would load: a replaced or modified file changes it."""
+    if not zoo.NAME_PATTERN.fullmatch(model_name.removeprefix("hybrid-")):
+        return ()
+    files = zoo.model_files(dataset, model_name, zoo.find_directory(dataset, model_name))
+    stamp = []
+    for path in (files.card, files.weights):
+        try:
+            stat = path.stat()
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(stamp)
+
+
 @st.cache_resource(max_entries=48, show_spinner="Loading model…")
-def _load(dataset: str, model_name: str, grad_mode: str, noise_key: tuple | None) -> lab.LoadedModel:
-    """Raises on failure, and Streamlit does not cache exceptions: a repaired file is picked up."""
+def _load(dataset: str, model_name: str, grad_mode: str, noise_key: tuple | None, stamp: tuple = ()
+          ) -> lab.LoadedModel:
+    """Raises on failure, and Streamlit does not cache exceptions: a repaired file is picked up.
+    ``stamp`` (:func:`_file_stamp`) only keys the cache."""
     noise = None if noise_key is None else NoiseModel(**dict(noise_key))
     return lab.load(dataset, model_name, grad_mode=grad_mode, noise=noise)
 
@@ -183,10 +257,10 @@ def _load(dataset: str, model_name: str, grad_mode: str, noise_key: tuple | None
 def get_model(dataset: str, model_name: str, grad_mode: str = "paper", noise: NoiseModel | None = None
               ) -> lab.LoadedModel:
     """A shared, read-only model instance, or a :class:`lab.LoadedModel` whose ``error`` says why not."""
-    is_hybrid = model_name.startswith("hybrid-")
+    is_hybrid = is_hybrid_name(model_name)
     key = None if (noise is None or not is_hybrid) else tuple(sorted(noise.to_dict().items()))
     try:
-        return _load(dataset, model_name, grad_mode if is_hybrid else "paper", key)
+        return _load(dataset, model_name, grad_mode if is_hybrid else "paper", key, _file_stamp(dataset, model_name))
     except ModelUnavailableError as err:
         return lab.LoadedModel(dataset, model_name, grad_mode if is_hybrid else None, None, {}, str(err))
 

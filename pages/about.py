@@ -35,8 +35,10 @@ st.markdown(
     """
 - **Not a quantum computer.** The circuit is *simulated* exactly on an ordinary CPU (a 4-qubit circuit
   is 16 numbers, or a 16×16 density matrix with noise). Nothing here ran on quantum hardware.
-- **Not a certified defence.** No number here is a guarantee; they are measurements against specific
-  attacks, and a stronger attack can always lower them.
+- **Not a certified defence.** The robust accuracies are measurements against specific attacks, and a
+  stronger attack can always lower them. The only guarantees are on the *Certified* page: a proof about
+  the circuit alone, and randomized smoothing, which certifies noise-trained copies of the models (not
+  the shipped ones) within small L2 radii.
 - **Not evidence that "quantum" makes a model robust** unless the model also holds up against attacks
   designed for it (below).
 """

@@ -113,7 +113,8 @@ def _compare(dataset: str, image_hash: str, label: int | None, attack: str, eps:
 
 
 image_hash = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-model_keys = (tuple(sorted(usable)), s.noise_key)
+# the weights' checksums key the cache too: a user model trained again under its name is attacked afresh
+model_keys = (tuple(sorted((k, str(m.card.get("weights_sha256"))) for k, m in usable.items())), s.noise_key)
 try:
     with st.spinner(f"Running {choice.display_name} on {len(usable)} models…"):
         result = _compare(s.dataset, image_hash, label, attack, eps_255 / 255 if choice.uses_eps else None,

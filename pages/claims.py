@@ -15,6 +15,7 @@ st.markdown(
     "results; nothing here is typed by hand."
 )
 
+ui.shipped_only_note(s, "The committed claim cards")
 cards, problem = lab.load_claim_cards()
 if problem:
     st.error(problem)

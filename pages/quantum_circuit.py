@@ -6,19 +6,21 @@ import numpy as np
 import streamlit as st
 import torch
 
+from pages import _design as design
 from pages import _shared as ui
 from pages import _sources as sources
 from qshield_core import lab, viz
 from qshield_core.data import get_spec
-from qshield_core.noise import NoiseModel
 
 s = ui.sidebar()
 spec = get_spec(s.dataset)
 st.title("Quantum Circuit")
 st.caption(
     "The hybrid feeds the CNN's class scores into a small quantum circuit and mixes the circuit's output "
-    "back with the CNN's own prediction. Here you can see every step for one image."
+    "back with the CNN's own prediction. Here you can see every step for one image, and design and train "
+    "a circuit of your own."
 )
+design.design_section(s)
 
 loaded = ui.get_model(s.dataset, s.hybrid, s.grad_mode, s.noise)
 if not loaded.available:
@@ -55,9 +57,10 @@ noise = config.noise
 st.subheader("The circuit")
 st.caption(
     f"{config.n_qubits} qubits, {config.encoding} angle encoding, entanglement **{config.entanglement}**, "
-    f"depth {config.depth}, noise: **{noise.describe()}** "
-    f"({'as trained' if s.noise is None else 'changed in the sidebar'}). "
-    "Drawn by PennyLane with this image's angles."
+    f"depth {config.depth}{' with trainable layers' if config.variational else ''}, "
+    f"noise: **{config.describe_noise()}** ({'as trained' if s.noise is None else 'changed in the sidebar'}). "
+    "Drawn by PennyLane with this image's angles"
+    + (" (trainable gates drawn at zero)." if config.variational else ".")
 )
 angles_key = tuple(np.round(view.angles, 3).ravel().tolist())
 st.image(ui.circuit_png(json.dumps(config.to_dict()), angles_key), width="stretch")
@@ -80,8 +83,9 @@ st.markdown(
 )
 
 st.subheader("Output over the basis states, with and without noise")
-noiseless = lab.circuit_probabilities(config, view.angles, NoiseModel(kind="none", p=0.0))
-distributions = {"noiseless": noiseless, noise.describe(): view.basis_probs}
+weights = loaded.model.quantum.weights  # a design's trained layers (None for the shipped circuits)
+noiseless = lab.noiseless_probabilities(config, view.angles, weights)
+distributions = {"noiseless": noiseless, config.describe_noise(): view.basis_probs}
 st.plotly_chart(viz.basis_distribution_figure(distributions, spec.num_classes), key="qc_basis")
 tv = 0.5 * float(np.abs(noiseless - view.basis_probs).sum())
 st.caption(f"Total variation distance between the two: {tv:.4f}. States past the class count "
@@ -91,6 +95,6 @@ st.subheader("How the output moves with the noise strength")
 kind = noise.kind if noise.kind not in ("none", "thermal") else "mixed"
 st.caption(f"The same angles under {kind} noise of growing strength p (the shipped models use mixed, p = 0.005).")
 strengths = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-sweep = lab.noise_sweep(config, view.angles, kind, strengths, readout=noise.readout)
+sweep = lab.noise_sweep(config, view.angles, kind, strengths, readout=noise.readout, weights=weights)
 classes = lab.class_distribution(sweep, spec.num_classes)
 st.plotly_chart(viz.noise_sweep_figure(strengths, classes, names, kind), key="qc_sweep")

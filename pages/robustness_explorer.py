@@ -18,6 +18,7 @@ metric = st.radio("Show", list(viz.RESULT_METRICS), horizontal=True, key="rx_met
 
 # ----------------------------------------------------------------- committed results
 st.subheader("Committed results")
+ui.shipped_only_note(s, "The committed results")
 records = ui.committed_records()
 frame = lab.records_frame(records, s.dataset)
 if frame.empty:

@@ -39,7 +39,7 @@ from .evaluation import (
     select_records,
     worst_case,
 )
-from .models import QShieldHybrid
+from .models import QShieldHybrid, is_hybrid_name
 from .report import lowest_on_shared_points
 
 CLAIMS_SCHEMA = "qshield.claims/1"
@@ -303,7 +303,7 @@ def claim_cards(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "or
     for dataset in datasets:
         spec = get_spec(dataset)
         for name in zoo.available_models(spec.name, model_dir):
-            modes = [None] if not name.startswith("hybrid-") else ["paper", "differentiable"]
+            modes = [None] if not is_hybrid_name(name) else ["paper", "differentiable"]
             for mode in modes:
                 mine = [r for r in records if r.get("dataset") == spec.name and r.get("model") == name
                         and r.get("grad_mode") == mode]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError
+from .devices import DeviceUnavailableError
 from .zoo import ModelUnavailableError
 
 
@@ -21,9 +22,16 @@ def command_line() -> str:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model and write pretrained/{dataset}-{model}.safetensors + .json")
+    from .models import GRAD_MODES
+    from .noise import NOISE_KINDS
+    from .quantum import ENCODINGS, ENTANGLEMENTS, NOISE_PLACEMENTS
+
+    p = sub.add_parser("train", help="train a model: pretrained/{dataset}-{model}.safetensors + .json for the "
+                       "shipped names, user_models/{dataset}-hybrid-{name}.* for a circuit design")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="classical, dnn or hybrid-{none,linear,star,full,ring}")
+    p.add_argument("--model", required=True, help="classical, dnn, hybrid-{none,linear,star,full,ring}, resnet18 (the "
+                   "paper's CNN, trained from scratch), resnet18-hybrid-full (its hybrid), or hybrid: a circuit "
+                   "design (--circuit FILE and/or the circuit flags below), saved as hybrid-NAME")
     p.add_argument("--data-root")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -31,17 +39,92 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--init-from", help="model whose weights initialise the CNN (hybrids: classical)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/{dataset}-{model}.ckpt.pt")
+    p.add_argument("--checkpoint-dir", type=Path, help="where the per-epoch checkpoints go (default checkpoints/)")
+    p.add_argument("--data", choices=("dataset", "samples"), help="train on the full splits (default) or on the "
+                   "shipped samples (train split = test split: a smoke run, not a model to ship)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", type=Path, help="write the model here (default: pretrained/ for the shipped names, "
+                   "user_models/ or $QSHIELD_USER_MODELS for a design)")
+    p.add_argument("--grad-mode", choices=GRAD_MODES, help="hybrids' gradient mode while training (default: "
+                   "differentiable for a design with trainable layers, else paper)")
+    d = p.add_argument_group("circuit design (with --model hybrid; flags override the file's fields)")
+    d.add_argument("--circuit", type=Path, help="a design file, e.g. designs/depth3-trainable-p0.05.json")
+    d.add_argument("--name", help="the design's name (default: the file's 'name', else its file name)")
+    d.add_argument("--qubits", type=int, help="default: the dataset's max(2, ceil(log2 C))")
+    d.add_argument("--encoding", choices=ENCODINGS)
+    d.add_argument("--entanglement", choices=ENTANGLEMENTS)
+    d.add_argument("--depth", type=int)
+    d.add_argument("--variational", action=argparse.BooleanOptionalAction, default=None,
+                   help="trainable Rot gates in every layer")
+    d.add_argument("--noise", choices=NOISE_KINDS, help="noise model")
+    d.add_argument("--p", type=float, help="noise strength")
+    d.add_argument("--readout", type=float, help="symmetric readout bit-flip probability")
+    d.add_argument("--noise-placement", choices=NOISE_PLACEMENTS, help="after every layer, or once at the end")
+    d.add_argument("--shots", type=int, help="estimate the output from this many shots (0: exact)")
+    d.add_argument("--device", help="add a calibrated device's noise, e.g. kolkata (needs `pip install .[devices]`), "
+                   "or none")
+    d.add_argument("--device-qubits", type=int, nargs="+", help="the device's physical qubits, one per wire "
+                   "(default: the lowest-error connected ones)")
     p.set_defaults(func=_cmd_train)
+
+
+DESIGN_FLAGS = ("circuit", "name", "qubits", "encoding", "entanglement", "depth", "variational", "noise", "p",
+                "readout", "noise_placement", "shots", "device", "device_qubits")
+
+
+def design_from_args(args):
+    """The circuit design ``train --model hybrid`` trains: the file's, with the flags applied."""
+    from dataclasses import replace
+
+    from .designs import Design, load_design
+
+    if args.circuit is not None:
+        design = load_design(args.circuit)
+    elif args.name:
+        design = Design(args.name, source="command-line flags")
+    else:
+        raise ValueError("--model hybrid needs a design: --circuit FILE.json, or circuit flags and --name NAME.")
+    if args.name:
+        design = replace(design, name=args.name)
+    noise = {k: v for k, v in (("kind", args.noise), ("p", args.p), ("readout", args.readout)) if v is not None}
+    design = design.with_overrides(n_qubits=args.qubits, encoding=args.encoding, entanglement=args.entanglement,
+                                   depth=args.depth, variational=args.variational, noise=noise or None,
+                                   noise_placement=args.noise_placement)
+    circuit = dict(design.circuit)
+    if args.shots is not None:
+        if args.shots < 0:
+            raise ValueError(f"--shots must be 0 (exact) or positive, got {args.shots}.")
+        circuit["shots"] = args.shots or None
+    if args.device_qubits and args.device is None:
+        raise ValueError("--device-qubits needs --device NAME.")
+    if args.device is not None:
+        circuit["device"] = None if args.device.lower() == "none" else {"backend": args.device,
+                                                                        "qubits": args.device_qubits}
+    return replace(design, circuit=circuit)
 
 
 def _cmd_train(args) -> int:
     from .train import default_config, train
+    from .zoo import user_model_name
 
     torch.set_num_threads(args.threads)
-    cfg = default_config(args.dataset, args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, init_from=args.init_from)
-    train(cfg, data_root=args.data_root, resume=args.resume)
+    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  init_from=args.init_from, grad_mode=args.grad_mode)
+    data = {} if args.data is None else {"data": args.data}
+    if args.model == "hybrid":
+        design = design_from_args(args)
+        circuit = design.config_for(args.dataset)
+        print(f"design {design.name}: {circuit.n_qubits} qubits, {circuit.encoding} encoding, {circuit.entanglement} "
+              f"entanglement, depth {circuit.depth}{', trainable' if circuit.variational else ''}; "
+              f"{circuit.describe_noise()}")
+        cfg = default_config(args.dataset, user_model_name(design.name), circuit=circuit.to_dict(),
+                             extra={"design": design.card_entry(), **data}, **recipe)
+    else:
+        given = [f"--{flag.replace('_', '-')}" for flag in DESIGN_FLAGS if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: circuit designs train with --model hybrid (not {args.model}).")
+        cfg = default_config(args.dataset, args.model, extra=data, **recipe)
+    train(cfg, data_root=args.data_root, resume=args.resume, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
     return 0
 
 
@@ -71,7 +154,9 @@ def _add_evaluate(sub) -> None:
         description="Evaluate cells (dataset x model x gradient mode x attack x eps) on a seeded, class-balanced "
                     "subset of the test split. Resumable: cells already in --json are skipped.")
     p.add_argument("--dataset", required=True, nargs="+", help="mnist, organamnist, cifar10 (several allowed)")
-    p.add_argument("--model", required=True, nargs="+", help="classical, dnn, hybrid-{none,linear,star,full}")
+    p.add_argument("--model", required=True, nargs="+", help="classical, dnn, hybrid-{none,linear,star,full}, "
+                   "resnet18, resnet18-hybrid-full, or any trained model's name, e.g. hybrid-<design> (found in "
+                   "pretrained/, then user_models/)")
     p.add_argument("--grad-mode", nargs="+", default=["paper"], choices=["paper", "differentiable"],
                    help="hybrid gradient mode(s) (default: paper)")
     p.add_argument("--attack", nargs="+", default=["none"],
@@ -298,25 +383,28 @@ def _add_info(sub) -> None:
 
 def _cmd_info(args) -> int:
     from .data import DATASETS, get_spec
-    from .zoo import PRETRAINED_DIR, available_models, model_files, read_card, sha256_file
+    from .zoo import PRETRAINED_DIR, USER_MODELS_DIR, available_models, model_files, read_card, sha256_file, user_models
 
     directory = args.model_dir or PRETRAINED_DIR
     datasets = [get_spec(d).name for d in args.dataset] if args.dataset else list(DATASETS)
-    header = f"{'dataset':12s} {'model':14s} {'clean acc':>9s} {'diff. acc':>9s} {'params':>9s} {'train s':>8s} " \
+    header = f"{'dataset':12s} {'model':20s} {'clean acc':>9s} {'diff. acc':>9s} {'params':>10s} {'train s':>8s} " \
              f"{'alpha':>6s}  {'weights':14s} noise"
     print(header)
     found = 0
     for dataset in datasets:
-        for model in available_models(dataset, directory):
-            card = read_card(dataset, model, directory)
-            files = model_files(dataset, model, directory)
+        listed = [(m, directory) for m in available_models(dataset, directory)]
+        if args.model_dir is None:  # and the models trained from circuit designs
+            listed += [(m, USER_MODELS_DIR) for m in user_models(dataset)]
+        for model, folder in listed:
+            card = read_card(dataset, model, folder)
+            files = model_files(dataset, model, folder)
             ok = files.weights.is_file() and sha256_file(files.weights) == card.get("weights_sha256")
             by_mode = card.get("clean_test_accuracy_by_grad_mode") or {}
             diff = by_mode.get("differentiable")
             alpha = card.get("mean_alpha_test")
             accuracy = card.get("clean_test_accuracy") or float("nan")
-            print(f"{dataset:12s} {model:14s} {100 * accuracy:8.2f}% "
-                  f"{'' if diff is None else f'{100 * diff:8.2f}%':>9s} {card.get('parameter_count', 0):9,d} "
+            print(f"{dataset:12s} {model:20s} {100 * accuracy:8.2f}% "
+                  f"{'' if diff is None else f'{100 * diff:8.2f}%':>9s} {card.get('parameter_count', 0):10,d} "
                   f"{card.get('train_seconds', 0):8.0f} {'' if alpha is None else f'{alpha:.3f}':>6s}  "
                   f"{card.get('weights_sha256', '')[:12] + ('' if ok else ' BAD'):14s} "
                   f"{card.get('noise_description', '-')}")
@@ -436,6 +524,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ModelUnavailableError, ValueError) as err:
+    except (DataError, DeviceUnavailableError, ModelUnavailableError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,22 +13,31 @@ Here each stage is one :class:`torch.autograd.Function`:
   third of a torch operation), with autograd's subgradient conventions at the clamps, the max, the
   leaky ReLU and a zero norm. The gradients equal autograd's on the reference formulas up to float
   rounding (tests/test_fusion_ops.py); they are not twice differentiable. Matrix products go
-  through torch, never NumPy: NumPy's BLAS keeps a thread pool of its own that would spin beside
-  torch's threads and slow both down.
+  through torch, not NumPy: NumPy's BLAS keeps a thread pool of its own that would spin beside
+  torch's threads and slow both down (below :data:`SMALL_MATMUL` multiply-adds it never starts it,
+  and the whole-head node multiplies in NumPy there).
 
 :func:`inference_alpha` fuses the statistics with the MLP and serves evaluation mode only (the
 MLP's batch-norm layers use their running statistics there); training runs the MLP's modules.
+
+:class:`HybridHead` goes further for the shipped circuits: encoder, circuit and fusion (everything
+after the CNN) as one node, forward and backward in NumPy, equal to the stage-by-stage path to
+rounding rather than bit for bit, so the hybrid uses it for recorded (attack) passes only
+(tests/test_fast_path.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .simulator import bloch_vectors, bloch_vectors_backward, kron_rows, kron_rows_backward
 
 VAR_FLOOR = 1e-12
 NORM_FLOOR = 1e-8
@@ -290,3 +299,308 @@ def fuse(cnn_logits: torch.Tensor, quantum_probs: torch.Tensor, alpha: torch.Ten
     if not torch.is_grad_enabled():
         return reference_fuse(cnn_logits, quantum_probs, alpha)
     return AmplitudeFusion.apply(cnn_logits, quantum_probs, alpha)
+
+
+# --------------------------------------------------------------------------- the whole head (one node)
+#
+# Everything after the CNN's logits (encoder, circuit, fusion) as one autograd node, for a hybrid with the
+# enhanced encoding, a circuit without trainable rotations on the product path and the fusion MLP in
+# evaluation mode: forward and backward in NumPy (float64; the MLP in its weights' precision). At batch 1
+# the stage-by-stage path's separate nodes and the torch operations between them (standardise, project,
+# tanh, class renormalisation, dtype conversions) cost several times the arithmetic, and so does every
+# NumPy call here (one to ten microseconds each, the most when the caches are cold): the formulas below
+# are arranged for few calls. Values equal the reference path's to rounding (float64 models: 1e-13;
+# float32 models: within float32's own rounding), not bit for bit, so the hybrid takes this path only for
+# forward passes autograd records (attack gradients); passes without autograd keep the bit-identical
+# stages above (QShieldHybrid.fused_head).
+
+SMALL_MATMUL = 65536
+"""Largest rows x matrix size (multiply-adds) multiplied in NumPy: a quarter of OpenBLAS's threshold for
+threading a matrix product (65536 x 4; on this project's machine up to 16 x 128 x 128 ran on one thread),
+so its thread pool never wakes; larger products go through torch."""
+PROJECTION_STD_FLOOR = 1e-8
+"""The encoder's ``std + 1e-8`` (:class:`~qshield_core.quantum.FeatureEncoder`)."""
+CLASS_NORM_FLOOR = 1e-12
+"""The floor on the sum of the kept class probabilities (``QShieldHybrid.quantum_branch``)."""
+_TINY64 = np.finfo(np.float64).tiny
+_STATS_ORDER = (0, 3, 1, 4, 2, 5, 6)
+"""Where :func:`_statistics` puts each of the paper's 7 statistics: (std, max, kurtosis) of each branch,
+correlation, are stored as (std, std, max, max, kurtosis, kurtosis, correlation); the first layer's
+weight rows are permuted to match."""
+
+
+def _mm(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """x @ matrix: in NumPy when small (:data:`SMALL_MATMUL`), else in torch (the module docstring says why)."""
+    if x.shape[0] * matrix.size <= SMALL_MATMUL:
+        return x @ matrix
+    return (torch.from_numpy(np.ascontiguousarray(x)) @ torch.from_numpy(matrix)).numpy()
+
+
+class FoldedLayer(NamedTuple):
+    """An affine layer of the fusion MLP, batch norm folded in, then its activation (in the MLP's precision)."""
+
+    weight: np.ndarray  # (in, out): x @ weight
+    bias: np.ndarray  # (out,)
+    activation: float | str | None  # a leaky ReLU's negative slope, "sigmoid", or None
+
+
+class FusedHead(NamedTuple):
+    """The constants of :class:`HybridHead` (float64; the MLP's in its weights' precision)."""
+
+    projection: tuple[np.ndarray, np.ndarray]  # the encoder's fixed (C, 3n) projection and its transpose
+    transfer: np.ndarray  # (4^n, C): the product path's map, its class outcomes only
+    centring: np.ndarray  # (C, C): x @ centring = x - mean(x)
+    layers: tuple[FoldedLayer, ...]
+
+
+def _float64(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float64).copy()
+
+
+def projection_pair(projection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float64 (C, 3n) projection and its (contiguous) transpose."""
+    return projection, np.ascontiguousarray(projection.T)
+
+
+def fused_head(projection: torch.Tensor, transfer: torch.Tensor, mlp: nn.Sequential) -> FusedHead | None:
+    """The head's constants: the encoder's fixed ``projection`` (C, 3n), the circuit's product-path
+    ``transfer`` (4^n, 2^n), the fusion's ``mlp`` (evaluation mode); None when the MLP's layers do not have the
+    shape :func:`fold_mlp` knows."""
+    layers = fold_mlp(mlp)
+    num_classes = projection.shape[0]
+    if layers is None or transfer.shape[1] < num_classes:
+        return None
+    kept = _float64(transfer[:, :num_classes])
+    centring = np.eye(num_classes) - 1 / num_classes
+    return FusedHead(projection_pair(_float64(projection)), kept, centring, layers)
+
+
+def fold_mlp(mlp: nn.Sequential) -> tuple[FoldedLayer, ...] | None:
+    """The evaluation-mode MLP (7 statistics -> 1) as affine layers (each batch norm folded into the
+    linear layer before it) with their activations; None for other layer sequences."""
+    layers: list[list] = []  # [weight (in, out), bias, activation, batch norm folded]
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach()
+            layers.append([layer.weight.detach().double().T, bias.double(), None, False])
+        elif not layers or layers[-1][2] is not None:
+            return None
+        elif isinstance(layer, nn.BatchNorm1d) and not layers[-1][3] and layer.running_var is not None:
+            scale = (layer.running_var.detach().double() + layer.eps).rsqrt()
+            shift = -layer.running_mean.detach().double() * scale
+            if layer.weight is not None:
+                scale, shift = scale * layer.weight.detach().double(), shift * layer.weight.detach().double()
+            if layer.bias is not None:
+                shift = shift + layer.bias.detach().double()
+            layers[-1][:2] = layers[-1][0] * scale, layers[-1][1] * scale + shift
+            layers[-1][3] = True
+        elif isinstance(layer, nn.LeakyReLU) and not layer.inplace and 0 <= layer.negative_slope < 1:
+            layers[-1][2] = float(layer.negative_slope)
+        elif isinstance(layer, nn.Sigmoid):
+            layers[-1][2] = "sigmoid"
+        else:
+            return None
+    if not layers or layers[0][0].shape[0] != len(_STATS_ORDER) or layers[-1][0].shape[1] != 1:
+        return None
+    layers[0][0] = layers[0][0][list(_STATS_ORDER)]
+    dtype = np.float64 if mlp[0].weight.dtype == torch.float64 else np.float32
+    return tuple(FoldedLayer(_float64(w).astype(dtype), _float64(b).astype(dtype), act) for w, b, act, _ in layers)
+
+
+def _mlp_forward(layers: Sequence[FoldedLayer], x: np.ndarray) -> tuple[np.ndarray, list]:
+    """The folded MLP's output (float64) and, per layer, what its activation's derivative needs. It runs in its
+    weights' precision, as the reference does: float64 copies of a float32 model's weights would take 0.27 MB
+    of a core's L2 cache (0.5 MB) at every step, evicting the CNN's data."""
+    stash = []
+    x = x.astype(layers[0].weight.dtype, copy=False)
+    for layer in layers:
+        h = _mm(x, layer.weight)
+        h += layer.bias
+        if layer.activation == "sigmoid":
+            x = np.tanh(h * 0.5) * 0.5 + 0.5  # the logistic function, without overflow
+            stash.append(x)
+        elif layer.activation is not None:
+            slope = np.maximum(np.sign(h), layer.activation)  # 1 where h > 0, else the slope (autograd's at 0)
+            x = h * slope
+            stash.append(slope)
+        else:
+            x = h
+            stash.append(None)
+    return x.astype(np.float64, copy=False), stash
+
+
+def _mlp_backward(layers: Sequence[FoldedLayer], grad: np.ndarray, stash: Sequence) -> np.ndarray:
+    """The MLP input's gradient (float64) from its output's."""
+    grad = grad.astype(layers[0].weight.dtype, copy=False)
+    for layer, saved in zip(reversed(layers), reversed(stash), strict=True):
+        if layer.activation == "sigmoid":
+            grad = grad * (saved - saved * saved)
+        elif saved is not None:
+            grad = grad * saved
+        grad = _mm(grad, layer.weight.T)
+    return grad.astype(np.float64, copy=False)
+
+
+def _encode(features: np.ndarray, head: FusedHead, projection: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """The enhanced encoding's (B, 3n) angles pi tanh(standardised features @ projection), and its stash."""
+    centred = _mm(features, head.centring)
+    std = np.sqrt(np.add.reduce(centred * centred, -1, keepdims=True) * (1 / centred.shape[-1]))
+    denominator = std + PROJECTION_STD_FLOOR
+    t = np.tanh(_mm(centred / denominator, projection))
+    return t * np.pi, (centred, std, denominator, t)
+
+
+def _encode_backward(grad: np.ndarray, stash: tuple, head: FusedHead, projection_t: np.ndarray) -> np.ndarray:
+    """The features' gradient from the angles' (B, 3n) gradient."""
+    centred, std, denominator, t = stash
+    g_standardised = _mm(grad * (np.pi - np.pi * t * t), projection_t) / denominator
+    g_std = np.add.reduce(g_standardised * centred, -1, keepdims=True) / (denominator * std * -centred.shape[-1])
+    return _mm(g_standardised + g_std * centred, head.centring)
+
+
+def _circuit(angles: np.ndarray, head: FusedHead) -> tuple[np.ndarray, tuple]:
+    """The product path's probabilities of the C class outcomes, (B, C), from the (B, 3n) angles."""
+    shape = (len(angles), -1, 3)
+    cos, sin = np.cos(angles).reshape(shape), np.sin(angles).reshape(shape)
+    vectors = bloch_vectors(cos, sin, "enhanced")
+    products = kron_rows(vectors)
+    return _mm(products[-1], head.transfer), (cos, sin, vectors, products)
+
+
+def _circuit_backward(grad: np.ndarray, stash: tuple, head: FusedHead) -> np.ndarray:
+    """The (B, 3n) angles' gradient from the class outcomes' (B, C) gradient."""
+    cos, sin, vectors, products = stash
+    vector_grads = kron_rows_backward(_mm(grad, head.transfer.T), vectors, products)
+    return bloch_vectors_backward(vector_grads, cos, sin, vectors, "enhanced").reshape(len(grad), -1)
+
+
+def _statistics(x: np.ndarray, head: FusedHead) -> tuple[np.ndarray, tuple]:
+    """:func:`reference_statistics` of the stacked (logits, quantum log-probabilities) ``x`` (B, 2, C), in the
+    order of :data:`_STATS_ORDER`, and the stash of :func:`_statistics_grad`."""
+    batch, _, n = x.shape
+    centred = _mm(x.reshape(2 * batch, n), head.centring).reshape(x.shape)
+    squares = centred * centred
+    sums = np.add.reduce(squares, -1)
+    var = sums * (1 / n)
+    floored = np.maximum(var, VAR_FLOOR)
+    std = np.sqrt(floored)
+    kurtosis = np.add.reduce(squares * squares, -1) / (floored * floored * n)
+    norms = np.sqrt(sums)
+    product = norms[:, 0] * norms[:, 1]
+    denominator = np.maximum(product, NORM_FLOOR)
+    corr = np.add.reduce(centred[:, 0] * centred[:, 1], -1) / denominator
+    stats = np.concatenate([std, np.maximum.reduce(x, -1), kurtosis, corr[:, None]], 1)
+    first_max = np.arange(n) == x.argmax(-1)[..., None]  # where the max's gradient goes (torch.max's index)
+    return stats, (centred, squares, var, floored, std, kurtosis, first_max, norms, product, denominator, corr)
+
+
+def _statistics_grad(grad: np.ndarray, stash: tuple, head: FusedHead) -> np.ndarray:
+    """The (B, 2, C) gradient of :func:`_statistics`' input from the (B, 7) one (the formulas of
+    :func:`_statistics_backward`, both branches at once)."""
+    centred, squares, var, floored, std, kurtosis, first_max, norms, product, denominator, corr = stash
+    batch, _, n = centred.shape
+    g_std, g_max, g_kurt, g_corr = grad[:, 0:2], grad[:, 2:4], grad[:, 4:6], grad[:, 6:]
+    g_sum = g_corr / denominator[:, None]
+    g_product = (product >= NORM_FLOOR)[:, None] * (-g_corr * corr[:, None] / denominator[:, None])
+    g_norm = g_product * norms[:, ::-1] / np.maximum(norms, _TINY64)  # 0 where the norm is 0
+    g_var = (var >= VAR_FLOOR) * (g_std / (2 * std) - 2 * g_kurt * kurtosis / floored)
+    g_square = (g_var * (2 / n) + g_norm)[..., None] + squares * (g_kurt * (4 / n) / (floored * floored))[..., None]
+    g_centred = centred[:, ::-1] * g_sum[..., None] + centred * g_square
+    g_x = _mm(g_centred.reshape(2 * batch, n), head.centring).reshape(centred.shape)
+    return g_x + first_max * g_max[..., None]
+
+
+def _fuse_forward(logits: np.ndarray, top: np.ndarray, quantum: np.ndarray,
+                  alpha: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """:func:`reference_fuse` ((B, 1) ``alpha``; ``top`` the logits' row maxima) and its stash."""
+    a = np.minimum(np.maximum(alpha, ALPHA_MIN), ALPHA_MAX)
+    exp = np.exp(logits - top)
+    soft = exp / np.add.reduce(exp, -1, keepdims=True)
+    root_cnn = np.sqrt(np.maximum(soft, PROB_FLOOR))
+    complement = np.sqrt(1 - a * a)
+    root_quantum = np.sqrt(np.maximum(quantum, PROB_FLOOR))
+    amplitude = a * root_cnn + complement * root_quantum
+    unnormalised = amplitude * amplitude
+    total = np.add.reduce(unnormalised, -1, keepdims=True)
+    probs = unnormalised / total
+    return np.log(np.maximum(probs, PROB_FLOOR)), (alpha, a, soft, root_cnn, complement, root_quantum, amplitude,
+                                                   total, probs)
+
+
+def _fuse_grad(grad: np.ndarray, stash: tuple, quantum: np.ndarray,
+               through_quantum: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The gradients of :func:`_fuse_forward`'s logits, quantum probabilities (if ``through_quantum``) and alpha
+    (the formulas of :class:`AmplitudeFusion`'s backward pass)."""
+    alpha, a, soft, root_cnn, complement, root_quantum, amplitude, total, probs = stash
+    g_probs = (probs >= PROB_FLOOR) * grad / np.maximum(probs, PROB_FLOOR)
+    g_amplitude = (2 * amplitude / total) * (g_probs - np.add.reduce(g_probs * probs, -1, keepdims=True))
+    g_soft = (soft >= PROB_FLOOR) * (a * g_amplitude / (2 * root_cnn))
+    g_logits = soft * (g_soft - np.add.reduce(g_soft * soft, -1, keepdims=True))
+    g_quantum = None
+    if through_quantum:
+        g_quantum = (quantum >= PROB_FLOOR) * (complement * g_amplitude / (2 * root_quantum))
+    g_a = np.add.reduce(g_amplitude * (root_cnn - a / complement * root_quantum), -1, keepdims=True)
+    return g_logits, g_quantum, ((alpha >= ALPHA_MIN) & (alpha <= ALPHA_MAX)) * g_a
+
+
+def _head_forward(features: np.ndarray, head: FusedHead, projection: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """The hybrid's log-probabilities (B, C) from its CNN's logits (float64), and the backward's stash."""
+    angles, encoded = _encode(features, head, projection)
+    kept, circuit = _circuit(angles, head)
+    total = np.add.reduce(kept, -1, keepdims=True)
+    quantum = kept / np.maximum(total, CLASS_NORM_FLOOR)
+    stacked = np.empty((len(features), 2, features.shape[-1]))
+    stacked[:, 0] = features
+    floored = np.maximum(quantum, LOG_FLOOR)
+    np.log(floored, out=stacked[:, 1])
+    stats, statistics = _statistics(stacked, head)
+    alpha, mlp = _mlp_forward(head.layers, stats)
+    log_probs, fusion = _fuse_forward(features, stats[:, 2:3], quantum, alpha)
+    return log_probs, (encoded, circuit, quantum, total, floored, statistics, mlp, fusion)
+
+
+def _head_backward(grad: np.ndarray, head: FusedHead, projection_t: np.ndarray, stash: tuple,
+                   through_quantum: bool) -> np.ndarray:
+    """The logits' gradient; with ``through_quantum`` False the quantum probabilities count as constants."""
+    encoded, circuit, quantum, total, floored, statistics, mlp, fusion = stash
+    g_logits, g_quantum, g_alpha = _fuse_grad(grad, fusion, quantum, through_quantum)
+    g_stacked = _statistics_grad(_mlp_backward(head.layers, g_alpha, mlp), statistics, head)
+    g_logits += g_stacked[:, 0]
+    if through_quantum:
+        g_quantum += (quantum >= LOG_FLOOR) * g_stacked[:, 1] / floored
+        floored_total = np.maximum(total, CLASS_NORM_FLOOR)
+        dot = (total >= CLASS_NORM_FLOOR) * np.add.reduce(g_quantum * quantum, -1, keepdims=True)
+        g_angles = _circuit_backward((g_quantum - dot) / floored_total, circuit, head)
+        g_logits += _encode_backward(g_angles, encoded, head, projection_t)
+    return g_logits
+
+
+class HybridHead(torch.autograd.Function):
+    """The hybrid after its CNN (logits -> log-probabilities) as one node (section comment above).
+
+    ``projection`` is this call's (C, 3n) projection and its transpose (:func:`projection_pair`);
+    ``through_quantum`` False cuts the quantum branch from the gradient (the paper mode), True
+    differentiates through it. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, cnn_logits: torch.Tensor, head: FusedHead, projection: tuple[np.ndarray, np.ndarray],
+                through_quantum: bool) -> torch.Tensor:
+        features = cnn_logits.detach().numpy().astype(np.float64)
+        log_probs, ctx.stash = _head_forward(features, head, projection[0])
+        ctx.head, ctx.projection_t, ctx.through_quantum = head, projection[1], through_quantum
+        return torch.from_numpy(log_probs if cnn_logits.dtype == torch.float64 else log_probs.astype(np.float32))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        g = _head_backward(grad.numpy().astype(np.float64), ctx.head, ctx.projection_t, ctx.stash,
+                           ctx.through_quantum)
+        return torch.from_numpy(g if grad.dtype == torch.float64 else g.astype(np.float32)), None, None, None
+
+
+def hybrid_head(cnn_logits: torch.Tensor, head: FusedHead, projection: np.ndarray | None = None,
+                through_quantum: bool = True) -> torch.Tensor:
+    """:class:`HybridHead`; ``projection`` (float64, C x 3n) None: the head's fixed one."""
+    pair = head.projection if projection is None else projection_pair(projection)
+    return HybridHead.apply(cnn_logits, head, pair, through_quantum)

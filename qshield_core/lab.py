@@ -18,7 +18,7 @@ import io
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from .evaluation import (
     predict_probs,
     run_attack,
 )
-from .models import QShieldHybrid
+from .models import QShieldHybrid, classical_of, is_hybrid_name
 from .noise import NoiseModel
 from .quantum import CircuitConfig, QuantumCircuitLayer
 
@@ -161,11 +161,26 @@ def quantum_view(model: QShieldHybrid, image: torch.Tensor, seed: int = 0) -> Qu
     )
 
 
-def circuit_probabilities(config: CircuitConfig, angles: np.ndarray, noise: NoiseModel) -> np.ndarray:
-    """The 2^n basis-state probabilities of ``config`` under ``noise`` for one set of angles."""
-    layer = QuantumCircuitLayer(config.with_noise(noise), backend="fast")
+def circuit_probabilities(config: CircuitConfig, angles: np.ndarray, noise: NoiseModel,
+                          weights: torch.Tensor | None = None) -> np.ndarray:
+    """The 2^n basis-state probabilities of ``config`` under ``noise`` for one set of angles.
+
+    ``weights``: a trained circuit's layer weights (a design with trainable layers, ``model.quantum.weights``);
+    without them such a circuit runs with freshly initialised ones.
+    """
+    with rng.seeded(0):  # a layer with trainable gates draws its initial weights from torch's global generator
+        layer = QuantumCircuitLayer(config.with_noise(noise), backend="fast")
     with torch.no_grad():
+        if weights is not None and layer.weights is not None:
+            layer.weights.copy_(torch.as_tensor(weights))
         return layer(torch.as_tensor(angles, dtype=torch.float64).unsqueeze(0))[0].numpy()
+
+
+def noiseless_probabilities(config: CircuitConfig, angles: np.ndarray, weights: torch.Tensor | None = None
+                            ) -> np.ndarray:
+    """The same circuit without any noise: no noise model, no device noise, the exact distribution (no shots)."""
+    clean = replace(config, device=None, shots=None)
+    return circuit_probabilities(clean, angles, NoiseModel(kind="none", p=0.0), weights)
 
 
 def class_distribution(basis_probs: np.ndarray, num_classes: int) -> np.ndarray:
@@ -175,10 +190,10 @@ def class_distribution(basis_probs: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def noise_sweep(config: CircuitConfig, angles: np.ndarray, kind: str, strengths: Sequence[float],
-                readout: float = 0.0) -> np.ndarray:
+                readout: float = 0.0, weights: torch.Tensor | None = None) -> np.ndarray:
     """Basis-state probabilities (len(strengths), 2^n) of the same angles under growing noise ``p``."""
-    return np.stack([circuit_probabilities(config, angles, NoiseModel(kind=kind, p=float(p), readout=readout))
-                     for p in strengths])
+    return np.stack([circuit_probabilities(config, angles, NoiseModel(kind=kind, p=float(p), readout=readout),
+                                           weights) for p in strengths])
 
 
 _DRAW_LOCK = threading.Lock()
@@ -623,7 +638,7 @@ def paper_reference_frame(dataset: str) -> pd.DataFrame:
     for (d, model, attack), asr in report.paper_asr(paper).items():
         if d != spec.name:
             continue
-        mode = None if not model.startswith("hybrid-") else "paper"
+        mode = None if not is_hybrid_name(model) else "paper"
         attack_name = ATTACKS[attack]
         eps = spec.paper_eps if attack_name.uses_eps else None
         if eps is not None:
@@ -660,9 +675,9 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
         r for r in records
         if r.get("dataset") == dataset and "seconds_per_image" in r and r.get("attack") not in (None, "none"))
     for (_, model, mode, attack, eps), hyb in chosen.items():
-        if not model.startswith("hybrid-"):
+        if not is_hybrid_name(model):
             continue
-        cnn = chosen.get((dataset, "classical", None, attack, eps))
+        cnn = chosen.get((dataset, classical_of(model), None, attack, eps))
         preset = evaluation.is_preset_budget(hyb)
         if cnn is None or evaluation.is_preset_budget(cnn) != preset:
             continue

@@ -8,20 +8,49 @@ are valid logits (softmax(log p) = p).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fusion_ops
+from . import fusion_ops, rng
 from .data import DatasetSpec, get_spec
 from .quantum import CircuitConfig, FeatureEncoder, QuantumCircuitLayer
+from .resnet import PaperResNet18
 
 GRAD_MODES = ("paper", "differentiable")
-MODEL_NAMES = ("classical", "dnn", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full")
-BASELINES = ("classical", "dnn")
-"""The models without a quantum branch (no gradient modes): the CNN and the paper's fully-connected DNN."""
+BACKBONES = ("resnet18",)
+"""CNN backbones a model's name can start with: ``resnet18`` is the classical model on it and ``resnet18-<hybrid>``
+that hybrid on it (:func:`split_backbone`); names without one use this project's CNN (:data:`ARCHITECTURES`)."""
+MODEL_NAMES = ("classical", "dnn", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full", "resnet18",
+               "resnet18-hybrid-full")
+BASELINES = ("classical", "dnn", "resnet18")
+"""The models without a quantum branch (no gradient modes): the CNN, the paper's fully-connected DNN and the
+paper's CNN (torchvision's ResNet-18, :mod:`qshield_core.resnet`)."""
+
+
+def split_backbone(model_name: str) -> tuple[str | None, str]:
+    """(backbone, model on it): ``("resnet18", "classical")`` for ``resnet18``, ``("resnet18", "hybrid-full")``
+    for ``resnet18-hybrid-full``, ``(None, model_name)`` for every other name."""
+    for backbone in BACKBONES:
+        if model_name == backbone:
+            return backbone, "classical"
+        if model_name.startswith(f"{backbone}-"):
+            return backbone, model_name.removeprefix(f"{backbone}-")
+    return None, model_name
+
+
+def is_hybrid_name(model_name: str) -> bool:
+    """Whether a model of this name has a quantum branch (and gradient modes): ``hybrid-*``, ``<backbone>-hybrid-*``."""
+    return split_backbone(model_name)[1].startswith("hybrid-")
+
+
+def classical_of(model_name: str) -> str:
+    """The classical model on the CNN a model is built on (a hybrid's transfer source, its ``init_from``):
+    ``resnet18`` for ``resnet18`` and ``resnet18-*``, ``classical`` for the others."""
+    return split_backbone(model_name)[0] or "classical"
 
 
 class Normalize(nn.Module):
@@ -83,9 +112,12 @@ ARCHITECTURES = {
 
 
 def build_classifier(dataset: str, architecture: str | None = None,
-                     widths: tuple[int, ...] | None = None) -> nn.Sequential:
-    """The classical CNN for ``dataset``: ``Normalize`` then the network, logits out."""
+                     widths: tuple[int, ...] | None = None) -> nn.Module:
+    """The classical CNN for ``dataset``: ``Normalize`` then the network, logits out. ``architecture="resnet18"``
+    is the paper's CNN instead (:class:`~qshield_core.resnet.PaperResNet18`: no normalisation, as the paper)."""
     spec = get_spec(dataset)
+    if architecture == "resnet18":
+        return PaperResNet18(spec.channels, spec.num_classes)
     default_arch, kwargs = ARCHITECTURES[spec.name]
     architecture = architecture or default_arch
     widths = tuple(widths or kwargs["widths"])
@@ -200,6 +232,7 @@ class QShieldHybrid(nn.Module):
         self.quantum = QuantumCircuitLayer(circuit, backend)
         self.fusion = DynamicFusion()
         self.grad_mode = grad_mode
+        self._head_cache: _HeadCache | None = None
 
     @property
     def grad_mode(self) -> str:
@@ -213,8 +246,9 @@ class QShieldHybrid(nn.Module):
 
     @property
     def randomised(self) -> bool:
-        """Whether two identical forward passes may differ: the paper mode redraws its projection."""
-        return self._grad_mode == "paper"
+        """Whether two identical forward passes may differ: the paper mode redraws its projection, and a
+        circuit with finite shots returns a fresh estimate at every call (in either mode)."""
+        return self._grad_mode == "paper" or self.quantum.randomised
 
     @property
     def backend(self) -> str:
@@ -236,36 +270,110 @@ class QShieldHybrid(nn.Module):
         return angles, basis, class_probs
 
     def details(self, x: torch.Tensor) -> HybridOutput:
-        """The full forward pass with its intermediates."""
-        cnn_logits = self.cnn(x)
+        """The full forward pass with its intermediates (the reference path: one node per stage)."""
+        return self.head_details(self.cnn(x))
+
+    def head_details(self, cnn_logits: torch.Tensor) -> HybridOutput:
+        """Everything after the CNN, stage by stage, with the intermediates."""
         angles, basis, quantum_probs = self.quantum_branch(cnn_logits)
         alpha = self.fusion.alpha(cnn_logits, quantum_probs)
         log_probs = self.fusion.fuse(cnn_logits, quantum_probs, alpha)
         return HybridOutput(cnn_logits, angles, basis, quantum_probs, alpha, log_probs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.details(x).log_probs
+        """Log-probabilities; a recorded forward pass takes the fused head where it applies (:meth:`fused_head`)."""
+        cnn_logits = self.cnn(x)
+        head = self.fused_head(cnn_logits)
+        if head is None:
+            return self.head_details(cnn_logits).log_probs
+        if self._grad_mode == "paper":  # the same draw as FeatureEncoder.forward's, then no gradient through it
+            projection = self.encoder.draw_projection_array(rng.generator())
+            return fusion_ops.hybrid_head(cnn_logits, head, projection, through_quantum=False)
+        return fusion_ops.hybrid_head(cnn_logits, head)
+
+    def fused_head(self, cnn_logits: torch.Tensor) -> fusion_ops.FusedHead | None:
+        """The constants of the one-node head (:class:`~qshield_core.fusion_ops.HybridHead`) when it applies to
+        this forward pass, else None. It applies when autograd records the pass (on CPU), the circuit has the
+        enhanced encoding, no trainable rotations, no shot noise and runs on the fast backend's product path,
+        and the fusion MLP is in evaluation mode with no parameter wanting a gradient. Passes without autograd
+        take the bit-identical stages (:meth:`head_details`): evaluation, the committed results."""
+        if not (cnn_logits.requires_grad and torch.is_grad_enabled() and cnn_logits.is_cpu
+                and cnn_logits.dtype in _HEAD_DTYPES):
+            return None
+        modules = self._modules  # not through nn.Module.__getattr__: this runs at every attack step
+        quantum, encoder, mlp = modules["quantum"], modules["encoder"], modules["fusion"]._modules["mlp"]
+        if (mlp.training or quantum.weights is not None or quantum.backend != "fast" or quantum.randomised
+                or self.circuit_config.encoding != "enhanced" or not quantum._fast.product_path_applies(None)):
+            return None
+        cache = self._head_cache
+        if cache is None or not cache.valid(quantum._fast, encoder, mlp):
+            cache = self._head_cache = _HeadCache(quantum._fast, encoder, mlp)
+        return cache.head
+
+
+_HEAD_DTYPES = (torch.float32, torch.float64)
+
+
+class _HeadCache:
+    """A hybrid's fused head and the state of the tensors it was computed from: rebuilt when any of them is
+    replaced, moved, converted or changed in place (version counter), or starts to require a gradient.
+    Checked at every recorded forward pass, so the check runs in C loops (``map``) over the tensors."""
+
+    def __init__(self, simulator, encoder: FeatureEncoder, mlp: nn.Sequential) -> None:
+        self.owners = [simulator, encoder, mlp]
+        self.layers = list(mlp._modules.values())
+        slots = [(encoder._buffers, "fixed_projection")] + [
+            (group, key) for layer in self.layers for group in (layer._parameters, layer._buffers)
+            for key, value in group.items() if value is not None]
+        self.groups, self.keys = [group for group, _ in slots], [key for _, key in slots]
+        self.tensors = list(map(dict.__getitem__, self.groups, self.keys))
+        self.state = self._state(self.tensors)
+        self.views = [t.detach() for t in self.tensors]  # keeps the storages' addresses taken
+        self.head = None if any(self.state[2]) else fusion_ops.fused_head(
+            encoder.fixed_projection, simulator.transfer_matrix(), mlp)
+
+    @staticmethod
+    def _state(tensors: list[torch.Tensor]) -> tuple[list, list, list]:
+        return list(map(_VERSION, tensors)), list(map(_DATA_PTR, tensors)), list(map(_REQUIRES_GRAD, tensors))
+
+    def valid(self, simulator, encoder: FeatureEncoder, mlp: nn.Sequential) -> bool:
+        if not ([simulator, encoder, mlp] == self.owners and list(mlp._modules.values()) == self.layers):
+            return False
+        try:
+            current = list(map(dict.__getitem__, self.groups, self.keys))
+        except KeyError:  # a parameter or buffer was removed
+            return False
+        return all(map(operator.is_, current, self.tensors)) and self._state(current) == self.state
+
+
+_VERSION, _DATA_PTR, _REQUIRES_GRAD = (operator.attrgetter("_version"), operator.methodcaller("data_ptr"),
+                                       operator.attrgetter("requires_grad"))
 
 
 def hybrid_circuit_for(model_name: str, spec: DatasetSpec, **overrides) -> CircuitConfig:
-    """The circuit of ``hybrid-<entanglement>`` for a dataset (the paper's defaults)."""
-    entanglement = model_name.split("-", 1)[1]
+    """The circuit of ``hybrid-<entanglement>`` (or ``<backbone>-hybrid-<entanglement>``) for a dataset (the
+    paper's defaults)."""
+    entanglement = split_backbone(model_name)[1].split("-", 1)[1]
     return CircuitConfig.for_classes(spec.num_classes, entanglement=entanglement, **overrides)
 
 
 def build_model(dataset: str, model_name: str, circuit: CircuitConfig | None = None, grad_mode: str = "paper",
-                backend: str = "fast", projection_seed: int = 0) -> nn.Module:
-    """A fresh (untrained) model by name: ``classical``, ``dnn`` or ``hybrid-<entanglement>``."""
+                backend: str = "fast", projection_seed: int = 0, backbone: str | None = None) -> nn.Module:
+    """A fresh (untrained) model by name: ``classical``, ``dnn``, ``hybrid-<entanglement>``, ``resnet18`` or
+    ``resnet18-hybrid-<entanglement>``. ``backbone`` (a card's) must be the one the name says."""
     spec = get_spec(dataset)
-    if model_name == "classical":
-        return build_classifier(spec.name)
-    if model_name == "dnn":
+    named, base = split_backbone(model_name)
+    if backbone is not None and backbone != named:
+        raise ValueError(f"Model {model_name!r} is not built on backbone {backbone!r}.")
+    if base == "classical":
+        return build_classifier(spec.name, named)
+    if base == "dnn" and named is None:
         return build_dnn(spec.name)
-    if not model_name.startswith("hybrid-"):
+    if not base.startswith("hybrid-"):
         raise ValueError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)} "
                          "(or hybrid-ring).")
     circuit = circuit or hybrid_circuit_for(model_name, spec)
-    return QShieldHybrid(build_classifier(spec.name), spec.num_classes, circuit, grad_mode, backend,
+    return QShieldHybrid(build_classifier(spec.name, named), spec.num_classes, circuit, grad_mode, backend,
                          projection_seed)
 
 

@@ -68,6 +68,49 @@ KRAUS = {"DepolarizingChannel": depolarizing_kraus, "AmplitudeDamping": amplitud
 """Kraus matrices of the PennyLane channels the noise models use, by class name."""
 
 
+def two_qubit_depolarizing_kraus(p: float) -> list[np.ndarray]:
+    """Two-qubit depolarizing, Nielsen & Chuang's convention: rho -> (1 - p) rho + p I/4.
+
+    Kraus set: sqrt(1 - 15p/16) I (x) I and sqrt(p/16) P (x) Q for the 15 other Pauli pairs
+    (the uniform Pauli twirl, since I/4 = sum_{P,Q} (P (x) Q) rho (P (x) Q) / 16). Run in PennyLane
+    as ``qml.QubitChannel`` on the two wires; symmetric in them.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"Depolarizing probability must lie in [0, 1], got {p}.")
+    paulis = [np.eye(2), np.array([[0, 1], [1, 0]]), np.array([[0, -1j], [1j, 0]]), np.array([[1, 0], [0, -1]])]
+    kraus = []
+    for i, first in enumerate(paulis):
+        for j, second in enumerate(paulis):
+            weight = 1 - 15 * p / 16 if i == j == 0 else p / 16
+            kraus.append(np.sqrt(weight) * np.kron(first, second).astype(np.complex128))
+    return kraus
+
+
+def confusion_matrix(p_1_given_0: float, p_0_given_1: float) -> np.ndarray:
+    """A single-qubit readout confusion matrix R[measured, true] (columns sum to 1)."""
+    for value in (p_1_given_0, p_0_given_1):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"Readout error probabilities must lie in [0, 1], got {value}.")
+    return np.array([[1 - p_1_given_0, p_0_given_1], [p_1_given_0, 1 - p_0_given_1]])
+
+
+def confusion_kraus(p_1_given_0: float, p_0_given_1: float) -> list[np.ndarray]:
+    """A channel whose action on the populations is :func:`confusion_matrix` (asymmetric readout error).
+
+    K = sqrt(R[m, t]) |m><t| for m, t in {0, 1}: it also removes coherences, which is harmless just
+    before a computational-basis measurement. With both probabilities equal it acts on the
+    populations as ``qml.BitFlip``.
+    """
+    matrix = confusion_matrix(p_1_given_0, p_0_given_1)
+    kraus = []
+    for measured in (0, 1):
+        for true in (0, 1):
+            k = np.zeros((2, 2), dtype=np.complex128)
+            k[measured, true] = np.sqrt(matrix[measured, true])
+            kraus.append(k)
+    return kraus
+
+
 @dataclass(frozen=True)
 class NoiseModel:
     """A per-wire noise channel applied after every entangling layer, plus readout error."""

@@ -26,6 +26,7 @@ from .evaluation import (
 )
 from .evaluation import format_interval as _ci
 from .evaluation import format_percent as _pct
+from .resnet import SCRATCH
 
 PAPER_RESULTS_CANDIDATES = (
     REPO_ROOT / "assets" / "paper" / "qshield-paper-results.json",
@@ -34,6 +35,16 @@ PAPER_RESULTS_CANDIDATES = (
 PAPER_MODELS = {"DNN": "dnn", "CNN": "classical", "HQCNN-None": "hybrid-none", "HQCNN-Linear": "hybrid-linear",
                 "HQCNN-Star": "hybrid-star", "HQCNN-Full": "hybrid-full"}
 PAPER_DATASETS = {"MNIST": "mnist", "OrganAMNIST": "organamnist", "CIFAR-10": "cifar10"}
+PAPER_COUNTERPARTS = {"resnet18": "classical", "resnet18-hybrid-full": "hybrid-full"}
+"""Our models on the paper's own CNN (torchvision's ResNet-18, :mod:`qshield_core.resnet`), by the model of ours whose
+paper figures they are compared with: the paper's CNN is a ResNet-18, its HQCNN-Full hybrid-full on one."""
+PAPER_TABLE_MODELS = ("dnn", "classical", "resnet18", "hybrid-none", "hybrid-linear", "hybrid-star", "hybrid-full",
+                      "resnet18-hybrid-full")
+"""The rows of the paper-protocol tables, in order (a row appears once it has records): each ResNet-18 row beside
+the model of ours it stands next to."""
+RESNET18_NOTE = (f"resnet18 is torchvision's ResNet-18 as the paper's code builds it, {SCRATCH}, and "
+                 "resnet18-hybrid-full is hybrid-full on it; their paper figures are the paper's CNN and HQCNN-Full, "
+                 "an ImageNet-initialised ResNet-18 (model cards: `pretrained/*-resnet18*.json`).")
 PAPER_POINTS_PER_CELL = 440
 """The paper attacked about 5 % of each test set a cell, roughly 440 images (``shared/paper/README.md``, item 9)."""
 
@@ -101,7 +112,8 @@ def _one_per_attack(records: Iterable[dict]) -> list[dict]:
     return list(select_records(records).values())
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -115,8 +127,19 @@ def _paper_protocol(records: list[dict], dataset: str) -> list[dict]:
             and is_preset_budget(r)]
 
 
+def paper_reference_model(model: str) -> str:
+    """The model of ours whose figures in the paper ``model``'s row is compared with (:data:`PAPER_COUNTERPARTS`)."""
+    return PAPER_COUNTERPARTS.get(model, model)
+
+
+def _resnet18_note(models: Iterable[str]) -> str:
+    """:data:`RESNET18_NOTE` when a table shows a ResNet-18 row, else nothing."""
+    return f"\n\n{RESNET18_NOTE}" if any(m in PAPER_COUNTERPARTS for m in models) else ""
+
+
 def paper_correct_points(paper: dict | None, dataset: str, model: str) -> int:
     """About how many points a paper ASR is a share of: its ~440 test images a cell x its clean accuracy."""
+    model = paper_reference_model(model)
     names = {ours: theirs for theirs, ours in PAPER_MODELS.items()}
     accuracy = ((paper or {}).get("clean_accuracy", {}).get("test", {})
                 .get(next(k for k, v in PAPER_DATASETS.items() if v == dataset)))
@@ -156,11 +179,11 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
             continue
         spec = get_spec(dataset)
         rows, shown = [], []
-        for model in PAPER_MODELS.values():
+        for model in PAPER_TABLE_MODELS:
             found = _paper_row(mine, model)
             if not any(found):
                 continue
-            refs = [reference.get((dataset, model, a)) for a in PAPER_ATTACKS]
+            refs = [reference.get((dataset, paper_reference_model(model), a)) for a in PAPER_ATTACKS]
             rows.append([model, *(_paper_vs_ours(ref, r, True) for ref, r in zip(refs, found, strict=True))])
             for ref, r in zip(refs, found, strict=True):
                 if r is not None:
@@ -170,7 +193,8 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
         n_text = sorted({r["n"] for r in shown})
         parts.append(f"### {spec.display_name} (eps {_eps_text(spec.paper_eps)}, n = "
                      f"{', '.join(map(str, n_text))} points per cell)\n\n"
-                     + _table(["model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)], rows))
+                     + markdown_table(["model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)], rows)
+                     + _resnet18_note(row[0] for row in rows))
     if not parts:
         return ""
     text = ("## Paper protocol: attack success rate (%), paper / **ours** [95 % CI]\n\n"
@@ -184,7 +208,7 @@ def _section_paper(records: list[dict], paper: dict | None) -> str:
 
 
 def paper_summary_table(records: list[dict], paper: dict | None,
-                        models: Sequence[str] = tuple(PAPER_MODELS.values())) -> str:
+                        models: Sequence[str] = PAPER_TABLE_MODELS) -> str:
     """The paper's ASR table for ``models`` on every dataset, "paper / **ours**" (%), without intervals."""
     reference = paper_asr(paper) if paper else {}
     rows = []
@@ -194,10 +218,10 @@ def paper_summary_table(records: list[dict], paper: dict | None,
             found = _paper_row(mine, model)
             if any(found):
                 rows.append([get_spec(dataset).display_name, model, *(
-                    _paper_vs_ours(reference.get((dataset, model, a)), r, False)
+                    _paper_vs_ours(reference.get((dataset, paper_reference_model(model), a)), r, False)
                     for a, r in zip(PAPER_ATTACKS, found, strict=True))])
     header = ["dataset", "model", *(ATTACKS[a].display_name for a in PAPER_ATTACKS)]
-    return _table(header, rows) if rows else ""
+    return markdown_table(header, rows) + _resnet18_note(row[1] for row in rows) if rows else ""
 
 
 def _same_points(records: Sequence[dict]) -> list[dict]:
@@ -274,7 +298,7 @@ def adaptive_table(records: list[dict]) -> str:
     header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
               "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",
               "robust acc, worst case over all attacks @ paper eps"]
-    return _table(header, rows) if rows else ""
+    return markdown_table(header, rows) + _resnet18_note(r["model"] for r in adaptive) if rows else ""
 
 
 def _section_adaptive(records: list[dict]) -> str:
@@ -316,7 +340,7 @@ def _section_cost(records: list[dict], paper: dict | None) -> str:
     return ("## Attacker cost (paper protocol, hybrid-full in paper mode)\n\nWall time of the attack per image on "
             "this machine, and forward/backward passes per image counted through the model. Circuit runs: each "
             "forward runs the circuit once; in paper mode no gradient goes through the circuit, so backward passes "
-            "cost no circuit runs (see `projected_circuit_executions`).\n\n" + _table(header, rows))
+            "cost no circuit runs (see `projected_circuit_executions`).\n\n" + markdown_table(header, rows))
 
 
 SINGLE_STEP = ("fgsm",)
@@ -349,7 +373,7 @@ def _section_sanity(records: list[dict]) -> str:
                            _attack_label(ordered[-1]), _n, series, verdict])
     if sweep_rows:
         parts.append("### ASR (%) as epsilon grows\n\nAn iterative attack should reach nearly 100 % on every model "
-                     "once eps is large; one that stalls below it points to masked gradients.\n\n" + _table(
+                     "once eps is large; one that stalls below it points to masked gradients.\n\n" + markdown_table(
                          ["dataset", "model", "attack", "n", "ASR by eps", "reaches >= 95 %"], sweep_rows))
     iter_rows = []
     iterative = ("pgd", "apgd", "vmifgsm", "pgd100", "apgd-ce")
@@ -369,7 +393,7 @@ def _section_sanity(records: list[dict]) -> str:
                           _pct(fgsm["asr"]), f"{_pct(best['asr'])} ({_attack_label(best)})",
                           "yes" if ok else ("no, within the intervals" if overlap else "**no**")])
     if iter_rows:
-        parts.append("### Iterative attacks vs FGSM (ASR %)\n\n" + _table(
+        parts.append("### Iterative attacks vs FGSM (ASR %)\n\n" + markdown_table(
             ["dataset", "model", "eps", "FGSM", "best iterative", "iterative >= FGSM"], iter_rows))
     grad_rows = []
     for r in records:
@@ -377,8 +401,9 @@ def _section_sanity(records: list[dict]) -> str:
             grad_rows.append([get_spec(r["dataset"]).display_name, _model_label(r), f"{r['input_gradient_norm']:.4g}",
                               "-" if r.get("mean_alpha") is None else f"{r['mean_alpha']:.3f}", str(r["n"])])
     if grad_rows:
-        parts.append("### Input-gradient norm (mean L2 of d loss / d input) and fusion weight alpha\n\n" + _table(
-            ["dataset", "model (mode)", "input-gradient norm", "mean alpha", "n"], grad_rows))
+        header = ["dataset", "model (mode)", "input-gradient norm", "mean alpha", "n"]
+        parts.append("### Input-gradient norm (mean L2 of d loss / d input) and fusion weight alpha\n\n"
+                     + markdown_table(header, grad_rows))
     return "## Sanity checks\n\n" + "\n\n".join(parts) if parts else ""
 
 
@@ -396,7 +421,7 @@ def _section_all(records: list[dict]) -> str:
             f"{r['seconds_per_image'] * 1000:.2f}" if attacked else "-",
             f"{r['forwards_per_image']:.1f} / {r['backwards_per_image']:.1f}" if attacked else "-",
         ])
-    return "## All cells\n\n" + _table(["dataset", "model (mode)", "attack", "eps", "n", "clean acc %",
+    return "## All cells\n\n" + markdown_table(["dataset", "model (mode)", "attack", "eps", "n", "clean acc %",
                                         "robust acc %", "ASR %", "ms/img", "fwd / bwd per img"], rows)
 
 
@@ -442,15 +467,19 @@ def update_marked_blocks(text: str, blocks: dict[str, str]) -> str:
 
 
 __all__ = [
+    "PAPER_COUNTERPARTS",
     "PAPER_DATASETS",
     "PAPER_MODELS",
     "PAPER_POINTS_PER_CELL",
+    "PAPER_TABLE_MODELS",
     "README_BLOCKS",
     "adaptive_table",
     "load_paper_results",
+    "markdown_table",
     "paper_asr",
     "paper_attack_seconds",
     "paper_correct_points",
+    "paper_reference_model",
     "paper_summary_table",
     "readme_blocks",
     "render_markdown",
@@ -490,4 +519,4 @@ def claims_table(cards: Sequence[dict]) -> str:
         ])
     header = ["dataset", "model (mode)", "clean acc %", "paper-protocol PGD robust acc %", "AutoAttack robust acc %",
               "worst case over attacks %", "masking flags raised", "RobustBench would admit it"]
-    return _table(header, rows) if rows else ""
+    return markdown_table(header, rows) if rows else ""

@@ -60,8 +60,18 @@ def generator() -> torch.Generator | None:
     return _CURRENT.get()
 
 
+def generator_or_fresh() -> torch.Generator:
+    """The innermost scope's generator, or outside any scope a fresh one seeded from the operating
+    system's entropy: for code that must never draw from (or disturb) torch's global generator."""
+    gen = _CURRENT.get()
+    if gen is None:
+        gen = torch.Generator()
+        gen.seed()
+    return gen
+
+
 def in_seeded_scope() -> bool:
     return _CURRENT.get() is not None
 
 
-__all__ = ["generator", "in_seeded_scope", "seeded"]
+__all__ = ["generator", "generator_or_fresh", "in_seeded_scope", "seeded"]

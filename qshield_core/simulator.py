@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,12 +42,17 @@ from torch.autograd.function import once_differentiable
 
 from .noise import NoiseModel
 
+if TYPE_CHECKING:
+    from .devices import DeviceNoise
+
 _CNOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=np.complex128)
 _PAULIS = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)
 MAX_PRODUCT_QUBITS = 6
 """Largest qubit count the product path serves (its map has 4^n x 2^n entries)."""
 PAULI_COMPONENTS = {"enhanced": (0, 1, 2, 3), "angle": (0, 1, 3)}
 """Which of (I, X, Y, Z) an encoding's single-qubit states use: RY alone keeps y = 0."""
+NOISE_PLACEMENTS = ("every_layer", "end")
+"""Where the noise model acts: after every layer's entangler (the paper's circuit) or once after the last."""
 
 
 def embed_single(matrix: torch.Tensor, wire: int, n_qubits: int) -> torch.Tensor:
@@ -145,7 +151,10 @@ def bloch_vectors(cos: np.ndarray, sin: np.ndarray, encoding: str) -> np.ndarray
     ca, cb, cc = cos[..., 0], cos[..., 1], cos[..., 2]
     sa, sb, sc = sin[..., 0], sin[..., 1], sin[..., 2]
     u = ca * sb
-    return np.stack([np.ones_like(u), u * cc + sa * sc, u * sc - sa * cc, ca * cb], -1)
+    out = np.empty((*cos.shape[:-1], 4), dtype=u.dtype)  # filled in place: np.stack costs more than the arithmetic here
+    out[..., 0] = 1.0
+    out[..., 1], out[..., 2], out[..., 3] = u * cc + sa * sc, u * sc - sa * cc, ca * cb
+    return out
 
 
 def bloch_vectors_backward(grad: np.ndarray, cos: np.ndarray, sin: np.ndarray, vectors: np.ndarray,
@@ -162,7 +171,9 @@ def bloch_vectors_backward(grad: np.ndarray, cos: np.ndarray, sin: np.ndarray, v
     g_x, g_y, g_z = grad[..., 1], grad[..., 2], grad[..., 3]
     w_x, w_y, w_z = r_y * g_z - r_z * g_y, r_z * g_x - r_x * g_z, r_x * g_y - r_y * g_x  # w = r x grad
     cb, cc, sb, sc = cos[..., 1], cos[..., 2], sin[..., 1], sin[..., 2]
-    return np.stack([cb * (cc * w_x + sc * w_y) - sb * w_z, cc * w_y - sc * w_x, w_z], -1)
+    out = np.empty(cos.shape, dtype=w_z.dtype)
+    out[..., 0], out[..., 1], out[..., 2] = cb * (cc * w_x + sc * w_y) - sb * w_z, cc * w_y - sc * w_x, w_z
+    return out
 
 
 def kron_rows(vectors: np.ndarray) -> list[np.ndarray]:
@@ -260,6 +271,26 @@ def pauli_transfer_rows(readout_map: np.ndarray, n_qubits: int, components: Sequ
     return np.ascontiguousarray(rows.real)
 
 
+def embed_operator(matrix: np.ndarray, wires: Sequence[int], n_qubits: int) -> torch.Tensor:
+    """The 2^n x 2^n operator of a k-qubit ``matrix`` acting on ``wires`` (in that order; wire 0 most significant)."""
+    wires = list(wires)
+    others = [w for w in range(n_qubits) if w not in wires]
+    full = np.kron(np.asarray(matrix, dtype=np.complex128), np.eye(2 ** len(others), dtype=np.complex128))
+    position = np.argsort(wires + others)  # axis of wire w in the kron order
+    tensor = full.reshape([2] * (2 * n_qubits)).transpose([*position, *(n_qubits + position)])
+    return torch.from_numpy(np.ascontiguousarray(tensor.reshape(2**n_qubits, 2**n_qubits)))
+
+
+def wires_channel_superoperator(kraus: Sequence[np.ndarray], wires: Sequence[int], n_qubits: int) -> torch.Tensor:
+    """Superoperator (row-major vec) of a channel on one or more ``wires``, from its Kraus matrices."""
+    dim = 2**n_qubits
+    total = torch.zeros(dim * dim, dim * dim, dtype=torch.complex128)
+    for k in kraus:
+        full = embed_operator(k, wires, n_qubits)
+        total += torch.kron(full, full.conj())
+    return total
+
+
 class FastCircuitSimulator:
     """Executes the QShield circuit family for a batch, exactly and differentiably.
 
@@ -269,6 +300,11 @@ class FastCircuitSimulator:
         entangling_pairs: the CNOT (control, target) pairs of one entangling layer.
         depth: how many times the (trainable rotations, entangler, noise) layer is repeated.
         noise: the :class:`NoiseModel`; ``kind="none"`` and no readout error gives a pure-state run.
+        noise_placement: ``"every_layer"`` (the noise model after each layer's entangler, the default)
+            or ``"end"`` (once, after the last layer).
+        device: a :class:`~qshield_core.devices.DeviceNoise`: its channels after every rotation block
+            (the encoding's and each trainable layer's), after every CNOT, and its readout confusion
+            (before the noise model's symmetric readout flip).
 
     Call it with angles (B, n, 3) or (B, n) and optional trainable weights (depth, n, 3); it
     returns the probabilities of all 2^n basis states, shape (B, 2^n). Without weights (a circuit
@@ -277,14 +313,25 @@ class FastCircuitSimulator:
     """
 
     def __init__(self, n_qubits: int, encoding: str, entangling_pairs: Sequence[tuple[int, int]],
-                 depth: int, noise: NoiseModel) -> None:
+                 depth: int, noise: NoiseModel, noise_placement: str = "every_layer",
+                 device: DeviceNoise | None = None) -> None:
+        if noise_placement not in NOISE_PLACEMENTS:
+            raise ValueError(f"Unknown noise placement {noise_placement!r}; "
+                             f"choose one of {', '.join(NOISE_PLACEMENTS)}.")
+        if device is not None and device.n_qubits != n_qubits:
+            raise ValueError(f"Device noise is for {device.n_qubits} qubits, the circuit has {n_qubits}.")
         self.n_qubits = n_qubits
         self.encoding = encoding
         self.depth = depth
         self.noise = noise
+        self.noise_placement = noise_placement
+        self.device = device
+        self.pairs = [tuple(pair) for pair in entangling_pairs]
         self.dim = 2**n_qubits
         self.entangler = torch.as_tensor(entangler_matrix(entangling_pairs, n_qubits))
         self.noise_superop = self._noise_superoperator()
+        self.device_rotation = self._device_rotation_superoperator()
+        self.device_entangler = self._device_entangler_superoperator()
         self.readout = self._readout_matrix()
         self._fixed_cache: dict[torch.dtype, torch.Tensor] = {}
         self._transfer_cache: dict[torch.dtype, torch.Tensor] = {}
@@ -299,7 +346,35 @@ class FastCircuitSimulator:
                 superop = channel_superoperator(kraus, wire, self.n_qubits) @ superop
         return superop
 
+    def _device_rotation_superoperator(self) -> torch.Tensor | None:
+        """The device's channels after a rotation block on every wire (None without device noise)."""
+        if self.device is None:
+            return None
+        superop = torch.eye(self.dim * self.dim, dtype=torch.complex128)
+        for wire in range(self.n_qubits):
+            for kraus in self.device.rotation_kraus[wire]:
+                superop = channel_superoperator(kraus, wire, self.n_qubits) @ superop
+        return superop
+
+    def _device_entangler_superoperator(self) -> torch.Tensor | None:
+        """One entangling layer with the device's channels after each CNOT (None without device noise)."""
+        if self.device is None:
+            return None
+        superop = torch.eye(self.dim * self.dim, dtype=torch.complex128)
+        for control, target in self.pairs:
+            cnot = torch.as_tensor(cnot_matrix(control, target, self.n_qubits))
+            superop = torch.kron(cnot, cnot.conj()) @ superop
+            for wires, kraus in self.device.pair_kraus(control, target):
+                superop = wires_channel_superoperator(kraus, wires, self.n_qubits) @ superop
+        return superop
+
     def _readout_matrix(self) -> torch.Tensor | None:
+        if self.device is not None:  # per wire: the device's confusion, then the noise model's symmetric flip
+            full = None
+            for wire in range(self.n_qubits):
+                single = torch.as_tensor(self.noise.readout_matrix() @ self.device.readout_matrix(wire))
+                full = single if full is None else torch.kron(full, single)
+            return full
         if self.noise.readout == 0:
             return None
         single = torch.as_tensor(self.noise.readout_matrix(), dtype=torch.float64)
@@ -310,7 +385,7 @@ class FastCircuitSimulator:
 
     @property
     def is_pure(self) -> bool:
-        return self.noise_superop is None
+        return self.noise_superop is None and self.device is None
 
     def _layer_unitary(self, layer_weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         entangler = self.entangler.to(dtype)
@@ -322,15 +397,49 @@ class FastCircuitSimulator:
             full = torch.kron(full, rotations[wire])
         return entangler @ full
 
+    def _rotations_unitary(self, layer_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The trainable ``Rot`` gates of one layer on all wires, as one 2^n x 2^n unitary."""
+        rotations = rot(layer_weights.to(_real_dtype(dtype)))
+        full = rotations[0]
+        for wire in range(1, self.n_qubits):
+            full = torch.kron(full, rotations[wire])
+        return full
+
+    def _channel(self, weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """The whole circuit after the encoding as one (4^n, 4^n) map, for any noise placement and device noise."""
+        superop = torch.eye(self.dim * self.dim, dtype=dtype)
+        noise = None if self.noise_superop is None else self.noise_superop.to(dtype)
+        rotation_noise = None if self.device_rotation is None else self.device_rotation.to(dtype)
+        if rotation_noise is not None:  # the encoding rotations' own gate noise
+            superop = rotation_noise @ superop
+        for layer in range(self.depth):
+            layer_weights = None if weights is None else weights[layer]
+            if self.device is None:
+                unitary = self._layer_unitary(layer_weights, dtype)
+                superop = torch.kron(unitary, unitary.conj()) @ superop
+            else:
+                if layer_weights is not None:
+                    rotations = self._rotations_unitary(layer_weights, dtype)
+                    superop = rotation_noise @ torch.kron(rotations, rotations.conj()) @ superop
+                superop = self.device_entangler.to(dtype) @ superop
+            if noise is not None and self.noise_placement == "every_layer":
+                superop = noise @ superop
+        if noise is not None and self.noise_placement == "end":
+            superop = noise @ superop
+        return superop
+
     def _readout_map(self, weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """The (4^n, 2^n) matrix taking vec(rho_0) to the measured probabilities (noisy path)."""
         if weights is None and dtype in self._fixed_cache:
             return self._fixed_cache[dtype]
-        superop = torch.eye(self.dim * self.dim, dtype=dtype)
-        noise = self.noise_superop.to(dtype)
-        for layer in range(self.depth):
-            unitary = self._layer_unitary(None if weights is None else weights[layer], dtype)
-            superop = noise @ torch.kron(unitary, unitary.conj()) @ superop
+        if self.device is None and self.noise_placement == "every_layer":  # the paper's circuit, as it always ran
+            superop = torch.eye(self.dim * self.dim, dtype=dtype)
+            noise = self.noise_superop.to(dtype)
+            for layer in range(self.depth):
+                unitary = self._layer_unitary(None if weights is None else weights[layer], dtype)
+                superop = noise @ torch.kron(unitary, unitary.conj()) @ superop
+        else:
+            superop = self._channel(weights, dtype)
         diagonal_rows = torch.arange(self.dim) * (self.dim + 1)
         result = superop[diagonal_rows].transpose(0, 1).contiguous()
         if weights is None:
@@ -392,14 +501,7 @@ class FastCircuitSimulator:
         """The whole circuit after the encoding as one (4^n, 4^n) complex128 map: vec(rho_out) = S vec(rho_0),
         row-major vec. Readout error is not in it (it is a classical confusion of the measured outcomes).
         The channel itself, for :mod:`qshield_core.certify.quantum`; the paths above keep only its diagonal rows."""
-        superop = torch.eye(self.dim * self.dim, dtype=torch.complex128)
-        for layer in range(self.depth):
-            layer_weights = None if weights is None else weights[layer].detach()
-            unitary = self._layer_unitary(layer_weights, torch.complex128)
-            superop = torch.kron(unitary, unitary.conj()) @ superop
-            if not self.is_pure:
-                superop = self.noise_superop @ superop
-        return superop
+        return self._channel(None if weights is None else weights.detach(), torch.complex128)
 
     def final_density_matrix(self, angles: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The density matrix just before measurement (readout error not applied), (B, 2^n, 2^n) complex128."""

@@ -39,9 +39,10 @@ import json
 import math
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +63,27 @@ from .data import (
     load_split,
 )
 from .hashing import file_digest, files_digest
-from .models import QShieldHybrid, build_model, count_parameters
-from .quantum import QuantumCircuitLayer
-from .zoo import ModelFiles, load_weights_into, read_card, save_model
+from .models import (
+    GRAD_MODES,
+    MODEL_NAMES,
+    QShieldHybrid,
+    build_model,
+    classical_of,
+    count_parameters,
+    is_hybrid_name,
+    split_backbone,
+)
+from .quantum import CircuitConfig, QuantumCircuitLayer
+from .resnet import card_fields as resnet_card_fields
+from .resnet import describe as describe_resnet
+from .zoo import ModelFiles, default_directory, is_builtin_name, load_weights_into, read_card, save_model
 
 CHECKPOINT_DIR = Path("checkpoints")
 DATA_SOURCES = ("dataset", "samples")
 EXTRA_KEYS = {"data": "where the images come from: 'dataset' (default, the full splits) or 'samples' (the shipped "
-                      "samples, train split = test split: a smoke run in seconds, for tests, not a model to ship)"}
+                      "samples, train split = test split: a smoke run in seconds, for tests, not a model to ship)",
+              "design": "the circuit design's name, description and source file (models trained from a design; "
+                        "recorded in the card)"}
 _STEP, _EVAL = 1, 2  # purposes of derived seeds
 
 
@@ -78,6 +92,13 @@ class TrainConfig:
     """Hyper-parameters of one training run (stored in the model card).
 
     ``extra`` holds options outside the recipe; its keys are those of :data:`EXTRA_KEYS`.
+    ``gaussian_sigma`` > 0 adds N(0, sigma^2) noise to every training input (after augmentation, not clipped):
+    the base classifier of randomized smoothing (Cohen, Rosenfeld and Kolter, ICML 2019, section 4).
+    ``init_dir`` is where ``init_from`` is read (default: the output directory).
+    ``circuit`` is a hybrid's whole circuit design (``CircuitConfig.to_dict``; None: the paper's circuit
+    for the model name), required for a ``hybrid-<design name>`` model. ``grad_mode`` is the hybrid's
+    gradient mode during training: ``paper`` (the shipped recipe: no gradient through the circuit) or
+    ``differentiable`` (needed for trainable circuit layers to learn).
     """
 
     dataset: str
@@ -91,9 +112,26 @@ class TrainConfig:
     augment: str = "crop"
     init_from: str | None = None
     cnn_lr_scale: float = 1.0
+    gaussian_sigma: float = 0.0
+    init_dir: str | None = None
     extra: dict = field(default_factory=dict)
+    circuit: dict | None = None
+    grad_mode: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode must be one of {', '.join(GRAD_MODES)} (got {self.grad_mode!r}).")
+        if self.circuit is not None:
+            self.circuit = json.loads(json.dumps(self.circuit))  # JSON-normal (lists, not tuples), as the card
+            if not is_hybrid_name(self.model):
+                raise ValueError(f"A circuit design needs a hybrid model, not {self.model!r}.")
+            CircuitConfig.from_dict(self.circuit)
+        elif self.model.startswith("hybrid-") and not is_builtin_name(self.model):
+            raise ValueError(f"Model {self.model!r} is a circuit design's name: give its circuit "
+                             "(TrainConfig.circuit).")
+        if split_backbone(self.model)[0] is not None and self.model not in MODEL_NAMES:
+            raise ValueError(f"Model {self.model!r}: on a backbone this project trains only "
+                             f"{', '.join(m for m in MODEL_NAMES if split_backbone(m)[0])}.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be at least 1 (got {self.epochs}, {self.batch_size}).")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -101,6 +139,8 @@ class TrainConfig:
         unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
         if unknown:
             raise ValueError(f"Unknown TrainConfig.extra keys {unknown}; known: {', '.join(EXTRA_KEYS)}.")
+        if not 0.0 <= self.gaussian_sigma <= 2.0:
+            raise ValueError(f"gaussian_sigma must lie in [0, 2] (got {self.gaussian_sigma}).")
         if self.extra.get("data", "dataset") not in DATA_SOURCES:
             raise ValueError(f"extra['data'] must be one of {', '.join(DATA_SOURCES)} (got {self.extra['data']!r}).")
 
@@ -114,21 +154,36 @@ RECIPES: dict[tuple[str, str], dict] = {
     ("organamnist", "classical"): dict(epochs=10, lr=0.1, augment="shift2"),
     ("cifar10", "classical"): dict(epochs=16, lr=0.2, label_smoothing=0.1, augment="crop4-flip"),
     **{(d, "dnn"): DNN_RECIPE for d in ("mnist", "organamnist", "cifar10")},
+    **{(d, "resnet18"): dict(DNN_RECIPE, epochs=e) for d, e in (("mnist", 2), ("organamnist", 3), ("cifar10", 2))},
 }
+"""The paper's ResNet-18 trains by its DNN's recipe (one ``train_model`` for both in its notebook), with fewer than
+its 10 epochs: each sized to about 40 min on one core of this loaded 2-core machine (``bench/bench_resnet18.py``:
+1.2-3.3 s a step of 128 with the load, median 2.5 s; README "The paper's ResNet-18, trained from scratch")."""
 HYBRID_RECIPE = dict(epochs=1, lr=1e-3, weight_decay=1e-4, cnn_lr_scale=0.1)
+PAPER_OPTIMISER_MODELS = ("dnn", "resnet18")
+"""Models trained as the paper's notebook trains them: Adam at a constant learning rate (:func:`make_optimizer`)."""
 
 
 def default_config(dataset: str, model: str, **overrides) -> TrainConfig:
     """The recipe for (dataset, model), with any overrides (None values are ignored)."""
     dataset = get_spec(dataset).name
-    if not model.startswith("hybrid-") and (dataset, model) not in RECIPES:
-        raise ValueError(f"No training recipe for model {model!r}; choose classical, dnn or hybrid-<entanglement>.")
-    recipe = dict(HYBRID_RECIPE, init_from="classical") if model.startswith("hybrid-") else RECIPES[(dataset, model)]
-    if dataset == "cifar10" and model.startswith("hybrid-"):
+    hybrid, backbone = is_hybrid_name(model), split_backbone(model)[0]
+    if not hybrid and (dataset, model) not in RECIPES:
+        raise ValueError(f"No training recipe for model {model!r}; choose classical, dnn, resnet18, "
+                         "hybrid-<entanglement> or resnet18-hybrid-full.")
+    recipe = dict(HYBRID_RECIPE, init_from=classical_of(model)) if hybrid else RECIPES[(dataset, model)]
+    if hybrid and backbone is not None:  # its CNN's data pipeline: for the paper's ResNet-18, no augmentation
+        cnn = RECIPES[(dataset, backbone)]
+        recipe = dict(recipe, augment=cnn["augment"], label_smoothing=cnn.get("label_smoothing", 0.0))
+    elif dataset == "cifar10" and hybrid:
         recipe = dict(recipe, label_smoothing=0.1, augment="crop4-flip")
-    elif model.startswith("hybrid-"):
+    elif hybrid:
         recipe = dict(recipe, augment="shift2")
     recipe = dict(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if recipe.get("circuit") is not None and "grad_mode" not in recipe:
+        # Trainable circuit layers learn only with a gradient through the circuit.
+        variational = CircuitConfig.from_dict(recipe["circuit"]).variational
+        recipe["grad_mode"] = "differentiable" if variational else "paper"
     return TrainConfig(dataset=dataset, model=model, **recipe)
 
 
@@ -149,12 +204,19 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
     Modules are visited in registration order, which is construction order for this project's
     models, so ``init_weights(model, Generator().manual_seed(s))`` gives the weights that
-    ``torch.manual_seed(s)`` then construction gives. A module with parameters of another kind is an
-    error, not a silent draw from the global generator.
+    ``torch.manual_seed(s)`` then construction gives. A module with its own ``reset_parameters_from(generator)``
+    (the paper's ResNet-18: torchvision's initialisation) initialises itself and everything inside it. A module
+    with parameters of another kind is an error, not a silent draw from the global generator.
     """
+    own: set[int] = set()
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
+            if id(module) in own:
+                continue
+            if callable(getattr(module, "reset_parameters_from", None)):
+                module.reset_parameters_from(generator)
+                own.update(map(id, module.modules()))
+            elif isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
                 if module.bias is not None:
                     bound = 1 / math.sqrt(module.weight[0].numel())
@@ -266,9 +328,9 @@ def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
-    """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids; the DNN as the
-    paper trains it: Adam at a constant learning rate, weight decay (L2) on every parameter."""
-    if cfg.model == "dnn":
+    """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids; the DNN and the
+    ResNet-18 as the paper trains them: Adam at a constant learning rate, weight decay (L2) on every parameter."""
+    if cfg.model in PAPER_OPTIMISER_MODELS:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     if isinstance(model, QShieldHybrid):
@@ -353,6 +415,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, model, opt, sched, gen: torch
     """Restore a run from ``path``; refuses a checkpoint written for another configuration."""
     state = torch.load(path, weights_only=True)
     saved = state.get("config")
+    if saved is not None:  # fields added after a checkpoint was written take their defaults
+        saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
     if saved is not None and saved != asdict(cfg):
         changed = sorted(k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k])
         raise ValueError(f"Checkpoint {path} was written for another configuration (differs in {', '.join(changed)}); "
@@ -375,6 +439,10 @@ def _versions() -> dict:
 # --------------------------------------------------------------------------- training
 
 
+class TrainingCancelled(RuntimeError):
+    """A run stopped by its ``cancel`` event (checked before every step and before saving); nothing was saved."""
+
+
 @dataclass
 class TrainResult:
     """A finished run: the trained model (in memory, eval mode), its card as saved, and the two files."""
@@ -391,11 +459,17 @@ def train(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, 
 
 
 def fit(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, out_dir: Path | None = None,
-        log: Callable[[str], object] = print, checkpoint_dir: Path | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.dataset``, evaluate on the test split, save weights + card in ``out_dir``.
+        log: Callable[[str], object] = print, checkpoint_dir: Path | None = None, *,
+        on_step: Callable[[int, int], object] | None = None, cancel: threading.Event | None = None,
+        command: str | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.dataset``, evaluate on the test split, save weights + card in ``out_dir``
+    (default: pretrained/ for the shipped names, user_models/ for a circuit design's ``hybrid-<name>``).
 
     A checkpoint is written to ``checkpoint_dir`` (default ``checkpoints/``) after every epoch;
-    ``resume`` continues from it, with the history of the epochs already done.
+    ``resume`` continues from it, with the history of the epochs already done. ``on_step(done, total)``
+    is called after every optimiser step (steps of the whole run); a set ``cancel`` event stops the run
+    before the next step (or before saving) with :class:`TrainingCancelled`. ``command`` is the card's
+    regenerate command when the run was not started by ``python -m qshield_core train`` (a study, the app).
     """
     spec = get_spec(cfg.dataset)
     data = load_training_data(cfg, data_root)
@@ -413,7 +487,8 @@ def fit(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, ou
     with generator_dropout(model):
         for epoch in range(progress.epoch, cfg.epochs):
             t0, c0 = time.perf_counter(), time.process_time()
-            loss, acc = _train_epoch(model, data.train, cfg, opt, sched, gen, steps_per_epoch, epoch)
+            loss, acc = _train_epoch(model, data.train, cfg, opt, sched, gen, steps_per_epoch, epoch,
+                                     on_step=on_step, cancel=cancel)
             progress.elapsed += time.perf_counter() - t0
             progress.cpu_elapsed += time.process_time() - c0
             progress.epoch = epoch + 1
@@ -422,34 +497,50 @@ def fit(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, ou
             _save_checkpoint(ckpt, cfg, model, opt, sched, progress, gen)
             log(json.dumps(progress.history[-1]))
     card = _evaluate_for_card(model, cfg, spec, data, progress, init_card)
+    if command is not None:
+        card["command"] = command
+    _check_cancel(cancel)
     model = model.to(memory_format=torch.contiguous_format)
-    files = save_model(model, card, spec.name, cfg.model, out_dir)
+    directory = Path(out_dir) if out_dir is not None else default_directory(cfg.model)
+    files = save_model(model, card, spec.name, cfg.model, directory)
     log(f"saved {files.weights} and {files.card}: clean test accuracy {card['clean_test_accuracy']:.4f}")
-    return TrainResult(model.eval(), read_card(spec.name, cfg.model, out_dir), files)
+    return TrainResult(model.eval(), read_card(spec.name, cfg.model, directory), files)
 
 
 def _initial_model(cfg: TrainConfig, spec: DatasetSpec, out_dir: Path | None, log) -> tuple[nn.Module, dict | None]:
     """The model before training: seeded initial weights, then the ``init_from`` model's CNN if any."""
     with rng.seeded(cfg.seed):  # constructors draw from the global generator: keep that off other threads' streams
-        model = build_model(spec.name, cfg.model, grad_mode="paper", backend="fast")
+        circuit = None if cfg.circuit is None else CircuitConfig.from_dict(cfg.circuit)
+        model = build_model(spec.name, cfg.model, circuit=circuit, grad_mode=cfg.grad_mode, backend="fast")
         init_weights(model, torch.Generator().manual_seed(cfg.seed))
-        init_card = load_weights_into(model, spec.name, cfg.init_from, out_dir) if cfg.init_from else None
+        init_dir = Path(cfg.init_dir) if cfg.init_dir else out_dir
+        init_card = load_weights_into(model, spec.name, cfg.init_from, init_dir) if cfg.init_from else None
     if init_card is not None:
         log(f"initialised the CNN from {spec.name}-{cfg.init_from} ({init_card['weights_sha256'][:12]})")
     model = model.to(memory_format=torch.channels_last) if spec.channels == 3 else model
     return model, init_card
 
 
-def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, steps: int, epoch: int):
-    """One epoch; the forward pass of global step k runs in ``rng.seeded(derived_seed(seed, ..., k))``."""
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TrainingCancelled("Training was stopped; nothing was saved.")
+
+
+def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, steps: int, epoch: int, *,
+                 on_step: Callable[[int, int], object] | None = None, cancel: threading.Event | None = None):
+    """One epoch; the forward pass of global step k runs in ``rng.seeded(derived_seed(seed, ..., k))``.
+    ``cancel`` is checked before each step, ``on_step(done, total)`` called after it (see :func:`fit`)."""
     model.train()
     order = torch.randperm(len(split), generator=gen)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=f"{cfg.dataset}-{cfg.model} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                mininterval=5)
     for step in bar:
+        _check_cancel(cancel)
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         images = augment_batch(split.images[idx].float() / 255.0, cfg.augment, gen)
+        if cfg.gaussian_sigma > 0:
+            images = images + cfg.gaussian_sigma * torch.randn(images.shape, generator=gen)
         if images.shape[1] == 3:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = split.labels[idx]
@@ -464,6 +555,8 @@ def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, st
         correct += int((outputs.argmax(-1) == labels).sum())
         seen += len(idx)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if on_step is not None:
+            on_step(epoch * steps + step + 1, cfg.epochs * steps)
     return total_loss / seen, correct / seen
 
 
@@ -502,6 +595,18 @@ def _evaluate_for_card(model, cfg: TrainConfig, spec: DatasetSpec, data: Trainin
         card["data"]["note"] = "CIFAR-10 JPEG re-encoding: pixel values differ slightly from the original."
     if isinstance(model, QShieldHybrid):
         card.update(_hybrid_card_fields(model, cfg, test_split, accuracy, init_card))
+    elif init_card is not None:
+        card["init_from"] = {"model": f"{init_card['dataset']}-{init_card['model']}",
+                             "weights_sha256": init_card["weights_sha256"]}
+    if cfg.gaussian_sigma > 0:
+        card["gaussian_noise_training"] = {
+            "sigma": cfg.gaussian_sigma,
+            "what": "N(0, sigma^2) added to every training input, not clipped: a base classifier for randomized "
+                    "smoothing (Cohen et al. 2019); clean_test_accuracy is the base classifier on clean images",
+        }
+    if split_backbone(cfg.model)[0] == "resnet18":
+        init_from = None if init_card is None else f"{init_card['dataset']}-{init_card['model']}"
+        card.update(resnet_card_fields(cfg.model, spec.channels, cfg.epochs, cfg.batch_size, init_from))
     if cfg.model == "dnn":
         card["paper_model"] = {
             "name": "DNN", "source": "n-azimi/QShield, Jupyter Notebook.ipynb, 'The CNN and DNN Models'",
@@ -520,12 +625,14 @@ def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, paper_accuracy: f
                       == test_split.labels).float().mean())
     alpha = mean_alpha(model, test_split.images)
     model.grad_mode = "paper"
+    fields_ = {} if "design" not in cfg.extra else {"design": cfg.extra["design"]}
     return {
+        **fields_,
         "circuit": model.circuit_config.to_dict(),
-        "noise_description": model.circuit_config.noise.describe(),
+        "noise_description": model.circuit_config.describe_noise(),
         "projection_seed": 0,
         "backend": model.backend,
-        "trained_grad_mode": "paper",
+        "trained_grad_mode": cfg.grad_mode,
         "clean_test_accuracy_by_grad_mode": {"paper": round(paper_accuracy, 4),
                                              "differentiable": round(diff_acc, 4)},
         "mean_alpha_test": round(alpha, 4),
@@ -544,9 +651,15 @@ def _architecture_name(model: nn.Module, dataset: str, model_name: str = "classi
         spec = get_spec(dataset)
         sizes = (spec.channels * spec.image_size ** 2, *DNN_WIDTHS[spec.name], spec.num_classes)
         return f"mlp{sizes} (Linear, BatchNorm1d, ReLU, Dropout({DNN_DROPOUT}) per hidden layer; no convolution)"
-    arch, kwargs = ARCHITECTURES[dataset]
-    base = f"{arch}{tuple(kwargs['widths'])}"
+    if split_backbone(model_name)[0] == "resnet18":
+        spec = get_spec(dataset)
+        base = describe_resnet(spec.channels, spec.num_classes)
+    else:
+        arch, kwargs = ARCHITECTURES[dataset]
+        base = f"{arch}{tuple(kwargs['widths'])}"
     if isinstance(model, QShieldHybrid):
         c = model.circuit_config
-        return f"{base} -> {c.n_qubits}-qubit {c.encoding}-angle circuit ({c.entanglement}) -> dynamic fusion"
+        layers = "" if c.depth == 1 and not c.variational else \
+            f", depth {c.depth}{', trainable' if c.variational else ''}"
+        return f"{base} -> {c.n_qubits}-qubit {c.encoding}-angle circuit ({c.entanglement}{layers}) -> dynamic fusion"
     return base

@@ -3,12 +3,18 @@
 Loading never unpickles code: weights are read with ``safetensors``, the SHA-256 of the file is
 checked against the card before anything is built, and the architecture is rebuilt from the
 card's plain-JSON configuration.
+
+Two folders hold models: the shipped ones in ``pretrained/`` (``$QSHIELD_PRETRAINED``), and the
+models users train from their own circuit designs in ``user_models/`` (``$QSHIELD_USER_MODELS``),
+named ``hybrid-<design name>``. A model is found by name, in the shipped folder first, so a user
+model can never stand in for a shipped one; both are checked against their cards the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +25,13 @@ from torch import nn
 from . import rng
 from .data import REPO_ROOT, get_spec
 from .hashing import file_digest
-from .models import MODEL_NAMES, QShieldHybrid, build_model
-from .quantum import CircuitConfig
+from .models import MODEL_NAMES, QShieldHybrid, build_model, split_backbone
+from .quantum import ENTANGLEMENTS, CircuitConfig
 
 PRETRAINED_DIR = Path(os.environ.get("QSHIELD_PRETRAINED", REPO_ROOT / "pretrained"))
+USER_MODELS_DIR = Path(os.environ.get("QSHIELD_USER_MODELS", REPO_ROOT / "user_models"))
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+"""A model or design name: letters, digits, '.', '_' and '-', no path separators, at most 80 characters."""
 
 
 class ModelUnavailableError(RuntimeError):
@@ -33,6 +42,43 @@ class ModelUnavailableError(RuntimeError):
 class ModelFiles:
     weights: Path
     card: Path
+
+
+def is_builtin_name(model_name: str) -> bool:
+    """The names this project trains and ships: classical, dnn, hybrid-<entanglement>, resnet18 and
+    resnet18-hybrid-full (:data:`~qshield_core.models.MODEL_NAMES`)."""
+    return model_name in MODEL_NAMES or (model_name.startswith("hybrid-")
+                                         and model_name.removeprefix("hybrid-") in ENTANGLEMENTS)
+
+
+def user_model_name(design_name: str) -> str:
+    """The model name of a user design: ``hybrid-<design name>``; refuses unsafe names and shipped ones."""
+    name = design_name if design_name.startswith("hybrid-") else f"hybrid-{design_name}"
+    if not NAME_PATTERN.fullmatch(name.removeprefix("hybrid-")):
+        raise ValueError(f"Design name {design_name!r}: use letters, digits, '.', '_' and '-' (at most 80).")
+    if is_builtin_name(name):
+        raise ValueError(f"Design name {design_name!r} gives {name}, a shipped model's name; choose another.")
+    return name
+
+
+def _check_name(model_name: str) -> None:
+    if (model_name not in MODEL_NAMES and not model_name.startswith("hybrid-")) or not NAME_PATTERN.fullmatch(
+            model_name.removeprefix("hybrid-")):
+        raise ModelUnavailableError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
+                                    "hybrid-<design name> for a model trained from a circuit design.")
+
+
+def default_directory(model_name: str) -> Path:
+    """Where a model of this name is saved by default: shipped names in pretrained/, designs in user_models/."""
+    return Path(PRETRAINED_DIR if is_builtin_name(model_name) else USER_MODELS_DIR)
+
+
+def find_directory(dataset: str, model_name: str) -> Path:
+    """The folder holding ``model_name``'s card: pretrained/ first, then user_models/ (else the default one)."""
+    for directory in (PRETRAINED_DIR, USER_MODELS_DIR):
+        if model_files(dataset, model_name, directory).card.is_file():
+            return Path(directory)
+    return default_directory(model_name)
 
 
 def model_files(dataset: str, model_name: str, directory: Path | None = None) -> ModelFiles:
@@ -60,8 +106,10 @@ def save_model(model: nn.Module, card: dict, dataset: str, model_name: str,
 
 
 def read_card(dataset: str, model_name: str, directory: Path | None = None) -> dict:
-    """The model card as a dict; :class:`ModelUnavailableError` when missing or not JSON."""
-    files = model_files(dataset, model_name, directory)
+    """The model card as a dict (found by name without ``directory``: :func:`find_directory`);
+    :class:`ModelUnavailableError` when missing or not JSON."""
+    _check_name(model_name)
+    files = model_files(dataset, model_name, directory or find_directory(dataset, model_name))
     if not files.card.is_file():
         raise ModelUnavailableError(f"Model card not found: {files.card}")
     try:
@@ -72,13 +120,14 @@ def read_card(dataset: str, model_name: str, directory: Path | None = None) -> d
 
 def load_model(dataset: str, model_name: str, grad_mode: str = "paper", backend: str = "fast",
                directory: Path | None = None, noise=None) -> tuple[nn.Module, dict]:
-    """Load a shipped model in eval mode, verifying its checksum. Returns (model, card).
+    """Load a model in eval mode, verifying its checksum. Returns (model, card).
 
-    ``noise`` (a :class:`~qshield_core.noise.NoiseModel`) replaces a hybrid's shipped noise model,
-    e.g. to watch how the output moves with noise strength; the weights are unchanged.
+    Without ``directory`` the model is found by name: shipped (pretrained/) first, then the user
+    models (user_models/). ``noise`` (a :class:`~qshield_core.noise.NoiseModel`) replaces a hybrid's
+    noise model, e.g. to watch how the output moves with noise strength; the weights are unchanged.
     """
-    if model_name not in MODEL_NAMES and not model_name.startswith("hybrid-"):
-        raise ModelUnavailableError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+    _check_name(model_name)
+    directory = Path(directory) if directory is not None else find_directory(dataset, model_name)
     files = model_files(dataset, model_name, directory)
     card = read_card(dataset, model_name, directory)
     if not files.weights.is_file():
@@ -100,19 +149,32 @@ def load_model(dataset: str, model_name: str, grad_mode: str = "paper", backend:
 
 
 def model_from_card(card: dict, grad_mode: str = "paper", backend: str = "fast", noise=None) -> nn.Module:
-    """Rebuild the (untrained) architecture a card describes."""
+    """Rebuild the (untrained) architecture a card describes: its model name, its circuit, and its ``backbone``
+    (``resnet18`` for the paper's CNN; cards without the field are built on this project's CNN)."""
     circuit = None
     if "circuit" in card:
         circuit = CircuitConfig.from_dict(card["circuit"])
         if noise is not None:
             circuit = circuit.with_noise(noise)
+    backbone = card.get("backbone")
+    if backbone is not None and backbone != split_backbone(card["model"])[0]:
+        raise ModelUnavailableError(f"The card of {card['dataset']}-{card['model']} names backbone {backbone!r}, "
+                                    "which its model name does not: refusing to load.")
     return build_model(card["dataset"], card["model"], circuit=circuit, grad_mode=grad_mode, backend=backend,
-                       projection_seed=card.get("projection_seed", 0))
+                       projection_seed=card.get("projection_seed", 0), backbone=backbone)
 
 
 def available_models(dataset: str, directory: Path | None = None) -> list[str]:
-    """The model names that have a card for ``dataset`` (not yet verified)."""
+    """The shipped model names that have a card for ``dataset`` (not yet verified)."""
     return [m for m in MODEL_NAMES if model_files(dataset, m, directory).card.is_file()]
+
+
+def user_models(dataset: str, directory: Path | None = None) -> list[str]:
+    """The names of the models trained from circuit designs that have a card for ``dataset`` in user_models/."""
+    folder = Path(directory or USER_MODELS_DIR)
+    prefix = f"{get_spec(dataset).name}-"
+    names = sorted(p.stem.removeprefix(prefix) for p in folder.glob(f"{prefix}hybrid-*.json"))
+    return [n for n in names if not is_builtin_name(n) and NAME_PATTERN.fullmatch(n.removeprefix("hybrid-"))]
 
 
 def load_weights_into(model: nn.Module, dataset: str, model_name: str, directory: Path | None = None) -> dict:

@@ -33,6 +33,8 @@ PAGES = [
     ("robustness_explorer", "Robustness Explorer", "robustness_explorer"),
     ("quantum_circuit", "Quantum Circuit", "quantum_circuit"),
     ("attacker_cost", "Attacker Cost", "attacker_cost"),
+    ("claims", "Claim cards", "claims"),
+    ("certified", "Certified", "certified"),
     ("about", "About QShield", "about"),
 ]
 
@@ -97,6 +99,51 @@ def streamlit_server(env: dict | None = None, log_path: Path | None = None, laun
 
 def launch_options() -> dict:
     return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+
+
+@contextmanager
+def chromium():
+    """Debian's Chromium under Playwright (skips when either is missing); closed on exit."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**launch_options())
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def app_server(log_dir: Path, env: dict | None = None):
+    """The app on a free port for a test module (yields its URL); fails the module if the server died meanwhile."""
+    log = Path(log_dir) / "streamlit.log"
+    with streamlit_server(env=env, log_path=log) as (url, process, _):
+        yield url
+        assert process.poll() is None, f"the server died during the tests (see {log})"
+
+
+DEFAULT_VIEWPORT = {"width": 1440, "height": 1000}
+
+
+def open_page(browser, url: str, viewport: dict | None = None, **context):
+    """A new page at ``url`` (``context``: Playwright context options, e.g. ``has_touch=True``) and the list
+    its script errors are collected into."""
+    page = browser.new_page(viewport=viewport or DEFAULT_VIEWPORT, **context)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url, timeout=PAGE_TIMEOUT_MS)
+    return page, errors
+
+
+def require_shipped(dataset: str = "mnist", models: tuple[str, ...] = ("classical", "hybrid-full")) -> None:
+    from qshield_core import zoo
+
+    missing = [m for m in models if not zoo.model_files(dataset, m).weights.is_file()]
+    if missing:
+        pytest.skip(f"shipped {dataset} models missing: {', '.join(missing)}")
 
 
 def screenshot_dir(tmp_path: Path) -> Path:

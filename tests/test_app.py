@@ -27,7 +27,7 @@ from qshield_core.data import MAX_UPLOAD_BYTES
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 PAGES = ("pages/attack_lab.py", "pages/robustness_explorer.py", "pages/quantum_circuit.py",
-         "pages/attacker_cost.py", "pages/claims.py", "pages/about.py")
+         "pages/attacker_cost.py", "pages/claims.py", "pages/certified.py", "pages/about.py")
 TIMEOUT = 600  # per AppTest run: a first run imports torch, PennyLane and torchattacks on a busy 2-core machine
 
 # A shipped MNIST sample that the shipped classical CNN keeps under PGD (paper preset, seed 0) at
@@ -573,4 +573,61 @@ def test_claims_page_shows_the_committed_cards_and_says_when_there_are_none():
     assert metrics["paper-protocol PGD"] == "31.0 % (±0.2)" and metrics["AutoAttack"] == "–"
     assert any("RobustBench would not admit it: randomised forward pass" in w.value for w in at.warning)
     assert any("RobustBench would admit" in s.value for s in at.success)
+    assert_no_missing_shown(at)
+
+
+# ----------------------------------------------------------------------------- Certified
+
+
+def _certified_record(model: str, sigma: float) -> dict:
+    curve = [{"radius": r, "value": v, "hits": round(v * 10), "ci": [max(v - 0.2, 0), min(v + 0.2, 1)]}
+             for r, v in ((0.0, 0.9), (0.25, 0.7), (0.5, 0.4))]
+    empirical = [{"radius": r, "robust": {"value": v, "hits": round(v * 10), "ci": [0.1, 0.9]},
+                  "certified": {"value": c, "hits": round(c * 10), "ci": [0.1, 0.9]}, "certified_but_broken": []}
+                 for r, v, c in ((0.25, 0.8, 0.7), (0.5, 0.6, 0.4))]
+    return {"schema": "qshield.certified/1", "key": f"mnist/{model}/sigma={sigma}", "dataset": "mnist",
+            "model": model, "sigma": sigma, "n": 10, "curve": curve, "empirical": empirical,
+            "certify": {"n0": 100, "n": 1000, "alpha": 0.001, "max_radius": 2.46 * sigma}}
+
+
+def test_certified_page_the_certificate_follows_the_noise_slider_and_says_what_it_covers():
+    require_models("mnist", "hybrid-full")
+    at = run_app("pages/certified.py")
+    no_exceptions(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Circuit's answer"] == "0"  # the shipped circuit answers class 0 for every input (proved)
+    radius_shipped = float(metrics["Certified trace distance"])
+    message = [*at.success, *at.warning][0].value
+    target = float(metrics["An attack at eps = 32/255 moves it"])
+    assert ("covers what the attack does" in message) == (radius_shipped >= target)
+    assert "shipped samples the circuit alone is right on 10%" in message
+    at.select_slider(key="cert_p").set_value(0.5).run()
+    no_exceptions(at)
+    radius_noisy = float({m.label: m.value for m in at.metric}["Certified trace distance"])
+    assert radius_noisy > radius_shipped  # amplitude damping pulls every state towards the class-0 state
+    at.radio(key="cert_kind").set_value("global depolarizing (Du et al.'s setting)").run()
+    at_half = {m.label: m.value for m in at.metric}
+    at.select_slider(key="cert_p").set_value(0.005).run()
+    at_shipped = {m.label: m.value for m in at.metric}
+    assert at_half["Certified trace distance"] == at_shipped["Certified trace distance"]  # the exact radius stays
+    assert float(at_half["Du et al.'s bound"]) > float(at_shipped["Du et al.'s bound"]) > 0  # the bound grows
+    assert float(at_half["Du et al.'s bound"]) < float(at_half["Certified trace distance"])
+
+
+def test_certified_page_plots_committed_smoothing_results_and_says_when_there_are_none():
+    require_models("mnist", "hybrid-full")
+    at = run_app("pages/certified.py")
+    assert any("certified.json is not committed yet" in i.value for i in at.info)
+    lab.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (lab.RESULTS_DIR / "certified.json").write_text(json.dumps({"schema": "qshield.certified/1", "records": [
+        _certified_record("classical", 0.25), _certified_record("hybrid-full", 0.25)]}))
+    at = run_app("pages/certified.py")
+    no_exceptions(at)
+    traces = plotly_data(at, "cert_smoothing")
+    assert [t["name"] for t in traces] == ["classical, σ = 0.25: certified", "classical, σ = 0.25: attacked",
+                                          "hybrid-full, σ = 0.25: certified", "hybrid-full, σ = 0.25: attacked"]
+    assert list(traces[0]["y"]) == [0.9, 0.7, 0.4] and list(traces[1]["y"]) == [0.8, 0.6]
+    table = at.dataframe[0].value
+    assert len(table) == 4 and {str(v) for v in table["gap (points)"]} == {"1", "2"} and "n" not in table
+    assert any("Both on the same 10 test points" in c.value for c in at.caption)
     assert_no_missing_shown(at)

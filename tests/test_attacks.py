@@ -232,3 +232,6 @@ def test_stochastic_only_and_surrogate_attacks_apply_where_they_make_sense():
     assert ATTACKS["bpda"].applies_to("hybrid-none", "paper") and not ATTACKS["bpda"].applies_to("classical", None)
     assert ATTACKS["transfer-classical"].applies_to("hybrid-star", "differentiable")
     assert ATTACKS["pgd"].applies_to("classical", None)
+    # A finite-shot circuit is randomised in every mode: EOT applies, the paper mode's BPDA twin still does not.
+    assert ATTACKS["eot-pgd"].applies_to("hybrid-mine", "differentiable", randomised=True)
+    assert not ATTACKS["bpda"].applies_to("hybrid-mine", "differentiable", randomised=True)

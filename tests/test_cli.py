@@ -89,6 +89,18 @@ def test_table_updates_the_readme_blocks_and_loses_nothing_on_error(tmp_path, ca
     assert unmarked.read_text() == "no markers\n" and not (tmp_path / "s.md").exists()
 
 
+def test_train_on_the_samples_keeps_its_checkpoints_apart(tmp_path, capsys):
+    """``--data samples`` and ``--checkpoint-dir``: a smoke run (scripts/resnet18_study.sh SMOKE=1) that touches
+    neither pretrained/ nor checkpoints/."""
+    require_samples()
+    code, _, _ = run(["train", "--dataset", "mnist", "--model", "classical", "--data", "samples", "--epochs", "1",
+                      "--batch-size", "50", "--threads", "1", "--out-dir", tmp_path / "models", "--checkpoint-dir",
+                      tmp_path / "ckpt"], capsys)
+    card = json.loads((tmp_path / "models" / "mnist-classical.json").read_text())
+    assert code == 0 and card["hyperparameters"]["extra"] == {"data": "samples"}
+    assert "shipped samples" in card["data"]["source"] and (tmp_path / "ckpt" / "mnist-classical.ckpt.pt").is_file()
+
+
 def test_info_lists_models_and_flags_tampering(model_dir, capsys):
     code, out, _ = run(["info", "--model-dir", model_dir], capsys)
     assert code == 0 and "classical" in out and "BAD" not in out

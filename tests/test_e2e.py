@@ -15,9 +15,11 @@ import pytest
 from browser_support import (
     PAGE_TIMEOUT_MS,
     PAGES,
+    app_server,
+    chromium,
     full_screenshot,
-    launch_options,
-    require_browser,
+    open_page,
+    require_shipped,
     screenshot_dir,
     streamlit_server,
     wait_settled,
@@ -29,40 +31,17 @@ pytestmark = pytest.mark.e2e
 BADGE = re.compile(r"FLIPPED|HELD")
 
 
-def require_shipped() -> None:
-    needed = [zoo.model_files(d, m).weights for d in ("mnist",) for m in ("classical", "hybrid-full")]
-    missing = [p.name for p in needed if not p.is_file()]
-    if missing:
-        pytest.skip(f"shipped models missing: {', '.join(missing)}")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(**launch_options())
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, browser):
     require_shipped()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with streamlit_server(log_path=log) as (url, process, _):
-        yield url, process
-        assert process.poll() is None, f"the server died during the tests (see {log})"
-
-
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    page.set_default_timeout(PAGE_TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(url, timeout=PAGE_TIMEOUT_MS)
-    return page, errors
+    with app_server(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 def badges(page) -> list[str]:
@@ -71,7 +50,7 @@ def badges(page) -> list[str]:
 
 @pytest.mark.parametrize(("path", "title", "name"), PAGES, ids=[p[2] for p in PAGES])
 def test_page_renders_without_exception(server, browser, tmp_path, path, title, name):
-    url, _ = server
+    url = server
     page, errors = open_page(browser, f"{url}/{path}")
     try:
         page.get_by_role("heading", name=re.compile(title)).first.wait_for(timeout=PAGE_TIMEOUT_MS)
@@ -91,7 +70,7 @@ def test_page_renders_without_exception(server, browser, tmp_path, path, title, 
 
 def test_attack_lab_url_presets_and_badge_flip(server, browser):
     """The classical CNN keeps test image #3 (a 0) at 8/255 and loses it at 24/255 (see test_app.py)."""
-    url, _ = server
+    url = server
     seen = {}
     for eps in (8, 24):
         page, errors = open_page(browser, f"{url}/?dataset=mnist&attack=pgd&class=0&sample=0&eps={eps}")
@@ -130,40 +109,75 @@ def test_tampered_weights_end_to_end(tmp_path, browser):
             page.close()
 
 
-def draw_seven(page, canvas) -> None:
-    """Mouse strokes on the canvas: a top bar, then the diagonal of a 7 (one stroke, as a hand would draw it)."""
+def seven_stroke(canvas) -> list[tuple[float, float]]:
+    """The points of a 7 drawn in one stroke, as a hand would: a top bar, then the diagonal."""
     box = canvas.bounding_box()
     x, y = box["x"], box["y"]
-    page.mouse.move(x + 80, y + 60)
+    bar = [(x + 80 + 12 * i, y + 60) for i in range(11)]
+    return bar + [(x + 200 - 6 * i, y + 60 + 12 * i) for i in range(1, 16)]
+
+
+def draw_seven(page, canvas) -> None:
+    """The 7 with the mouse."""
+    points = seven_stroke(canvas)
+    page.mouse.move(*points[0])
     page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(x + 80 + 12 * i, y + 60)
-    for i in range(1, 16):
-        page.mouse.move(x + 200 - 6 * i, y + 60 + 12 * i)
+    for point in points[1:]:
+        page.mouse.move(*point)
     page.mouse.up()
 
 
+def draw_seven_by_touch(page, canvas) -> None:
+    """The 7 with one finger: raw touch events (touchstart, touchmove..., touchend) through the DevTools protocol,
+    as a tablet at the front of a classroom sends them."""
+    cdp = page.context.new_cdp_session(page)
+    points = seven_stroke(canvas)
+
+    def touch(kind: str, point: tuple[float, float] | None) -> None:
+        touch_points = [] if point is None else [{"x": point[0], "y": point[1], "id": 1}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": touch_points})
+
+    touch("touchStart", points[0])
+    for point in points[1:]:
+        touch("touchMove", point)
+    touch("touchEnd", None)
+    cdp.detach()
+
+
+def assert_drawn_seven_is_read(page, errors: list[str], draw) -> None:
+    """Open the Draw source, check the blank-canvas message, draw, and check both verdicts and the CNN's reading."""
+    page.get_by_text(BADGE).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_settled(page)
+    page.get_by_text("Draw", exact=True).click()
+    canvas = page.locator("canvas.upper-canvas").first  # Fabric.js takes the pointer events on its upper canvas
+    canvas.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_settled(page)
+    assert page.get_by_text("The canvas is blank").count() == 1
+    draw(page, canvas)
+    page.get_by_text("what the model sees: 28×28").wait_for(timeout=PAGE_TIMEOUT_MS)
+    verdicts = page.get_by_text(re.compile(r"\b(UN)?CHANGED\b"))  # the badge: an icon, then the word
+    verdicts.first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_settled(page)
+    assert verdicts.count() == 2, "one verdict per model; true class unknown: changed / unchanged"
+    body = page.inner_text("body")
+    assert re.search(r"7 → \d · the attack", body), "the classical CNN reads the drawn 7 before the attack"
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert not errors, errors
+
+
 def test_a_digit_drawn_with_the_mouse_gets_a_prediction(server, browser, tmp_path):
-    url, _ = server
-    page, errors = open_page(browser, url)
+    page, errors = open_page(browser, server)
     try:
-        page.get_by_text(BADGE).first.wait_for(timeout=PAGE_TIMEOUT_MS)
-        wait_settled(page)
-        page.get_by_text("Draw", exact=True).click()
-        canvas = page.locator("canvas.upper-canvas").first  # Fabric.js takes the pointer events on its upper canvas
-        canvas.wait_for(timeout=PAGE_TIMEOUT_MS)
-        wait_settled(page)
-        assert page.get_by_text("The canvas is blank").count() == 1
-        draw_seven(page, canvas)
-        page.get_by_text("what the model sees: 28×28").wait_for(timeout=PAGE_TIMEOUT_MS)
-        verdicts = page.get_by_text(re.compile(r"\b(UN)?CHANGED\b"))  # the badge: an icon, then the word
-        verdicts.first.wait_for(timeout=PAGE_TIMEOUT_MS)
-        wait_settled(page)
-        assert verdicts.count() == 2, "one verdict per model; true class unknown: changed / unchanged"
-        body = page.inner_text("body")
-        assert re.search(r"7 → \d · the attack", body), "the classical CNN reads the drawn 7 before the attack"
-        assert page.locator('[data-testid="stException"]').count() == 0
-        assert not errors, errors
+        assert_drawn_seven_is_read(page, errors, draw_seven)
         full_screenshot(page, screenshot_dir(tmp_path) / "attack_lab_drawing.png")
+    finally:
+        page.close()
+
+
+def test_a_digit_drawn_with_a_finger_gets_a_prediction(server, browser):
+    page, errors = open_page(browser, server, viewport={"width": 1280, "height": 800}, has_touch=True)
+    try:
+        assert page.evaluate("() => navigator.maxTouchPoints") > 0, "the page runs as on a touch screen"
+        assert_drawn_seven_is_read(page, errors, draw_seven_by_touch)
     finally:
         page.close()

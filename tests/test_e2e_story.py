@@ -14,15 +14,16 @@ import re
 import pytest
 from browser_support import (
     PAGE_TIMEOUT_MS,
+    app_server,
+    chromium,
     full_screenshot,
-    launch_options,
-    require_browser,
+    open_page,
+    require_shipped,
     screenshot_dir,
-    streamlit_server,
     wait_settled,
 )
 
-from qshield_core import story, zoo
+from qshield_core import story
 
 pytestmark = pytest.mark.e2e
 PROJECTOR = {"width": 1280, "height": 720}
@@ -36,33 +37,15 @@ OVERFLOW_JS = """() => {
 
 @pytest.fixture(scope="module")
 def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(**launch_options())
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, browser):
-    missing = [m for m in ("classical", "hybrid-full") if not zoo.model_files("mnist", m).weights.is_file()]
-    if missing:
-        pytest.skip(f"shipped MNIST models missing: {', '.join(missing)}")
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with streamlit_server(log_path=log) as (url, process, _):
+    require_shipped()
+    with app_server(tmp_path_factory.mktemp("server")) as url:
         yield url
-        assert process.poll() is None, f"the server died during the tests (see {log})"
-
-
-def open_page(browser, url: str, viewport: dict):
-    page = browser.new_page(viewport=viewport)
-    page.set_default_timeout(PAGE_TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(url, timeout=PAGE_TIMEOUT_MS)
-    return page, errors
 
 
 def assert_clean(page, errors: list[str]) -> None:

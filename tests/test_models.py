@@ -30,7 +30,7 @@ def hybrid(dataset: str = "mnist", grad_mode: str = "differentiable", seed: int 
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "organamnist", "cifar10"])
-@pytest.mark.parametrize("name", ["classical", "dnn", "hybrid-full"])
+@pytest.mark.parametrize("name", ["classical", "dnn", "hybrid-full", "resnet18", "resnet18-hybrid-full"])
 def test_models_map_images_to_class_scores(dataset, name):
     model = build_model(dataset, name).eval()
     with torch.no_grad():

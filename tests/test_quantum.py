@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,13 @@ from qshield_core.quantum import (
     CircuitConfig,
     FeatureEncoder,
     QuantumCircuitLayer,
+    circuit,
     draw_text,
     entangling_pairs,
+    example_angles,
+    sample_counts,
 )
+from qshield_core.rng import seeded
 from qshield_core.simulator import qubits_for_classes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,3 +368,164 @@ def test_angle_encoding(rng):
     assert float(angles.min()) > 0 and float(angles.max()) < 2 * math.pi
     groups = torch.tensor_split(logits, 4, dim=-1)
     torch.testing.assert_close(angles[:, 1], 2 * math.pi * torch.sigmoid(groups[1].mean(-1)))
+
+
+# --------------------------------------------------------------------------- designs: placement, shots, cards
+
+OLD_CARD_CIRCUIT = {"n_qubits": 4, "encoding": "enhanced", "entanglement": "full", "depth": 1, "variational": False,
+                    "noise": {"kind": "mixed", "p": 0.005, "readout": 0.0, "t1": 5e-05, "t2": 7e-05,
+                              "gate_time": 5e-08}}
+
+
+def test_a_card_without_the_new_fields_is_todays_circuit():
+    """A card written before noise placement, shots and device noise existed: the same config and the same
+    PennyLane circuit, gate for gate (encoding, CNOTs, the noise channels, nothing else)."""
+    import pennylane as qml
+
+    config = CircuitConfig.from_dict(OLD_CARD_CIRCUIT)
+    assert config == CircuitConfig(noise=NoiseModel("mixed", 0.005))
+    assert (config.noise_placement, config.shots, config.device) == ("every_layer", None, None)
+    assert not QuantumCircuitLayer(config).randomised
+    tape = qml.tape.make_qscript(circuit)(example_angles(config).unsqueeze(0), torch.zeros(0), config)
+    names = [op.name for op in tape.operations]
+    assert names == ["RX", "RY", "RZ"] * 4 + ["CNOT"] * 6 + ["DepolarizingChannel", "AmplitudeDamping",
+                                                              "PhaseDamping"] * 4
+
+
+def test_design_round_trips_through_json():
+    config = CircuitConfig(3, "angle", "ring", 3, True, NoiseModel("thermal", readout=0.02), noise_placement="end",
+                           shots=250)
+    assert CircuitConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="Unknown circuit field"):
+        CircuitConfig.from_dict({"n_qubit": 4})
+    for bad, match in (({"noise_placement": "middle"}, "noise placement"), ({"shots": 0}, "shots"),
+                       ({"shots": 2.5}, "shots"), ({"shots": True}, "shots")):
+        with pytest.raises(ValueError, match=match):
+            CircuitConfig(**bad)
+
+
+def layer_output(config: CircuitConfig, angles: torch.Tensor, backend: str, weights=None) -> torch.Tensor:
+    layer = QuantumCircuitLayer(config, backend).double()
+    if weights is not None:
+        layer.weights.data = weights
+    return layer(angles).detach()
+
+
+def placements(config: CircuitConfig) -> tuple[CircuitConfig, CircuitConfig]:
+    return replace(config, noise_placement="every_layer"), replace(config, noise_placement="end")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("noise", [NoiseModel("mixed", 0.3, readout=0.05), NoiseModel("amplitude_damping", 0.4)],
+                         ids=lambda n: n.kind)
+def test_noise_placement_matters_only_between_layers(noise, backend, rng):
+    angles = random_angles(4, rng)
+    weights = (torch.rand(2, 4, 3, generator=rng, dtype=torch.float64) * 2 - 1) * math.pi
+    # Depth 1: after every layer is after the last.
+    every, end = placements(CircuitConfig(4, "enhanced", "full", 1, True, noise))
+    torch.testing.assert_close(layer_output(end, angles, backend, weights[:1]),
+                               layer_output(every, angles, backend, weights[:1]), atol=1e-12, rtol=0)
+    # Depth 2 with entanglement: the noise between the layers is carried through the second one.
+    every, end = placements(CircuitConfig(4, "enhanced", "full", 2, True, noise))
+    difference = layer_output(every, angles, backend, weights) - layer_output(end, angles, backend, weights)
+    assert float(difference.abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_depolarizing_commutes_with_single_qubit_layers(backend, rng):
+    """No entanglement: every layer is single-qubit unitaries, which commute with local depolarizing, so p after
+    each of 3 layers equals 1 - (1 - p)^3 once at the end (the depolarizing parameters multiply)."""
+    p = 0.2
+    angles = random_angles(4, rng)
+    weights = (torch.rand(3, 4, 3, generator=rng, dtype=torch.float64) * 2 - 1) * math.pi
+    every = CircuitConfig(4, "enhanced", "none", 3, True, NoiseModel("depolarizing", p))
+    end = replace(every, noise=NoiseModel("depolarizing", 1 - (1 - p) ** 3), noise_placement="end")
+    torch.testing.assert_close(layer_output(every, angles, backend, weights),
+                               layer_output(end, angles, backend, weights), atol=1e-12, rtol=0)
+    once = replace(every, noise_placement="end")
+    assert float((layer_output(once, angles, backend, weights) - layer_output(every, angles, backend, weights))
+                 .abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dephasing_between_cnot_layers_leaves_the_populations(backend, rng):
+    """Without trainable rotations the layers are CNOT permutations, which map dephasing-only noise onto itself:
+    the measured populations are the same wherever the phase damping acts."""
+    angles = random_angles(4, rng)
+    every, end = placements(CircuitConfig(4, "enhanced", "full", 3, False, NoiseModel("phase_damping", 0.6)))
+    torch.testing.assert_close(layer_output(every, angles, backend), layer_output(end, angles, backend), atol=1e-12,
+                               rtol=0)
+
+
+def test_finite_shots_are_unbiased_with_the_multinomial_variance():
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    shots, repeats = 40, 20000
+    counts = sample_counts(p.expand(repeats, -1), shots, torch.Generator().manual_seed(3))
+    assert torch.equal(counts.sum(-1), torch.full((repeats,), float(shots), dtype=torch.float64))
+    estimates = counts / shots
+    sigma = torch.sqrt(p * (1 - p) / shots / repeats)
+    assert bool(((estimates.mean(0) - p).abs() < 4.5 * sigma).all())  # unbiased
+    variance = estimates.var(0)
+    torch.testing.assert_close(variance, p * (1 - p) / shots, rtol=0.05, atol=0)  # p (1 - p) / S
+    covariance = ((estimates[:, 0] - p[0]) * (estimates[:, 1] - p[1])).mean()
+    assert float(covariance) == pytest.approx(-float(p[0] * p[1]) / shots, rel=0.1)  # -p_i p_j / S
+    sparse = torch.tensor([0.0, 0.4, 0.0, 0.6, 0.0], dtype=torch.float64)  # impossible outcomes never show
+    counts = sample_counts(sparse.expand(500, -1), 10**6, torch.Generator().manual_seed(4))
+    assert float(counts[:, [0, 2, 4]].abs().sum()) == 0 and bool((counts.sum(-1) == 10**6).all())
+
+
+def test_finite_shots_draw_from_the_seeded_scope_and_never_the_global_generator(rng):
+    config = CircuitConfig(noise=NoiseModel("mixed", 0.05), shots=100)
+    layer = QuantumCircuitLayer(config).double()
+    angles = random_angles(6, rng)
+    with seeded(4):
+        first = layer(angles)
+    with seeded(4):
+        again = layer(angles)
+    with seeded(5):
+        other = layer(angles)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    torch.testing.assert_close(first * 100, (first * 100).round(), atol=1e-9, rtol=0)  # frequencies of 100 shots
+    state = torch.get_rng_state()
+    outside = [layer(angles) for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), state) and not torch.equal(*outside)
+    assert layer.randomised
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_finite_shots_pass_the_exact_gradient_straight_through(variational, rng):
+    config = CircuitConfig(4, "enhanced", "ring", 2, variational, NoiseModel("mixed", 0.1), shots=64)
+    layer = QuantumCircuitLayer(config).double()
+    angles = random_angles(3, rng).requires_grad_(True)
+    cotangent = torch.randn(3, 16, generator=rng, dtype=torch.float64)
+    with seeded(0):
+        sampled = layer(angles)
+    exact = layer.exact_probabilities(angles)
+    assert float((sampled - exact).abs().max()) > 1e-3
+    inputs = [angles] + ([layer.weights] if variational else [])
+    through_samples = torch.autograd.grad((sampled * cotangent).sum(), inputs)
+    through_exact = torch.autograd.grad((exact * cotangent).sum(), inputs)
+    for a, b in zip(through_samples, through_exact, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_finite_shots_are_the_same_on_both_backends(rng):
+    config = CircuitConfig(4, "enhanced", "full", 2, False, NoiseModel("mixed", 0.1, readout=0.02), shots=200)
+    angles = random_angles(5, rng)
+    outputs = []
+    for backend in BACKENDS:
+        with seeded(8):
+            outputs.append(layer_output(config, angles, backend))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-12, rtol=0)
+
+
+def test_a_finite_shot_hybrid_is_randomised_in_both_modes():
+    from qshield_core.evaluation import is_randomised
+    from qshield_core.models import build_model
+
+    exact = build_model("mnist", "hybrid-full", grad_mode="differentiable")
+    sampled = build_model("mnist", "hybrid-full", circuit=CircuitConfig.for_classes(10, shots=1000),
+                          grad_mode="differentiable")
+    assert not is_randomised(exact) and is_randomised(sampled)
+    sampled.grad_mode = "paper"
+    assert is_randomised(sampled)

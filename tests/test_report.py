@@ -136,3 +136,61 @@ def test_worst_case_is_per_point_over_the_points_every_attack_saw():
     row = next(line for line in adaptive_table(records).splitlines() if line.startswith("| MNIST"))
     # on points 0, 2, 4, 6, 8: apgd-ce fools 6 and 8, autoattack 0, square 4: only point 2 survives all
     assert row.endswith("| 20.0 [3.6, 62.4] (3 attacks, n = 5) |"), row
+
+
+# --------------------------------------------------------------------------- the ResNet-18 rows
+
+PAPER_TWO = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],
+             "attack_success_rate_percent": {"values": {
+                 "MNIST": [[1, 2], [47.29, 53.39], [23.76, 28.73]],
+                 "OrganAMNIST": [[3, 4], [53.37, 64.77], [43.01, 59.1]]}},
+             "attack_seconds": {"values": {"MNIST": [[1, 1], [3, 10], [66, 470]],
+                                           "OrganAMNIST": [[1, 1], [3, 9], [50, 400]]}}}
+
+
+def resnet18_records() -> list[dict]:
+    """Ours and the ResNet-18 models, PGD on MNIST and OrganAMNIST (the paper's eps of each)."""
+    records = []
+    for dataset, eps in (("mnist", 32 / 255), ("organamnist", 8 / 255)):
+        records += [make_record("classical", "pgd", 0.8, dataset, eps),
+                    make_record("resnet18", "pgd", 0.56, dataset, eps),
+                    make_record("hybrid-full", "pgd", 0.5, dataset, eps, mode="paper"),
+                    make_record("resnet18-hybrid-full", "pgd", 0.3, dataset, eps, mode="paper")]
+    return records
+
+
+def table_rows(section: str) -> list[str]:
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+
+
+def test_the_paper_table_shows_the_resnet18_rows_beside_ours_with_intervals():
+    """Each ResNet-18 row sits next to the model of ours it compares with, against the paper's CNN and HQCNN-Full
+    (the paper's CNN is a ResNet-18), with its interval; the note says it was trained from scratch."""
+    text = render_markdown(resnet18_records(), paper=PAPER_TWO, command="python -m qshield_core table r.json")
+    assert "Regenerate with: `python -m qshield_core table r.json`" in text
+    for dataset, cnn_pgd, hybrid_pgd in (("MNIST", "53.4", "28.7"), ("OrganAMNIST", "64.8", "59.1")):
+        section = text.split(f"### {dataset} (")[1].split("###")[0].split("## ")[0]
+        rows = table_rows(section)
+        assert [row.split(" | ")[0] for row in rows] == ["| classical", "| resnet18", "| hybrid-full",
+                                                         "| resnet18-hybrid-full"]
+        assert f"| {cnn_pgd} / **56.0** [" in rows[1] and f"| {hybrid_pgd} / **30.0** [" in rows[3]
+        assert "trained from scratch (no ImageNet weights)" in section
+    assert "MNIST, resnet18, PGD: paper 53.4 % (of about 440), ours 56.0 % (of 990)" not in text  # within the noise
+    assert "MNIST, resnet18-hybrid-full, PGD: paper 28.7 %" not in text
+    assert "OrganAMNIST, resnet18-hybrid-full, PGD: paper 59.1 % (of about 440), ours 30.0 %" in text
+
+
+def test_the_readme_summary_shows_the_resnet18_rows_only_when_they_have_records():
+    records = resnet18_records()
+    summary = paper_summary_table(records, PAPER_TWO)
+    rows = [line for line in summary.splitlines() if line.startswith("| MNIST")]
+    assert [row.split(" | ")[1] for row in rows] == ["classical", "resnet18", "hybrid-full", "resnet18-hybrid-full"]
+    assert "| 53.4 / **56.0** |" in rows[1] and "trained from scratch (no ImageNet weights)" in summary
+    ours = [r for r in records if not r["model"].startswith("resnet18")]
+    assert "resnet18" not in paper_summary_table(ours, PAPER_TWO) and "ImageNet" not in render_markdown(ours, PAPER_TWO)
+
+
+def test_the_adaptive_table_says_how_the_resnet18_was_trained():
+    aa = dict(make_record("resnet18", "autoattack", 0.99), suite="adaptive")
+    assert "trained from scratch (no ImageNet weights)" in adaptive_table([aa])
+    assert "ImageNet" not in adaptive_table([dict(make_record("classical", "autoattack", 0.99), suite="adaptive")])

@@ -10,15 +10,27 @@ transfer map); it is checked here against the general density-matrix/statevector
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from qshield_core import simulator
+from qshield_core.devices import DeviceNoise, device_noise_from_properties
 from qshield_core.models import build_model
 from qshield_core.noise import NoiseModel
-from qshield_core.quantum import ENCODINGS, ENTANGLEMENTS, CircuitConfig, QuantumCircuitLayer, entangling_pairs
+from qshield_core.quantum import (
+    ENCODINGS,
+    ENTANGLEMENTS,
+    CircuitConfig,
+    QuantumCircuitLayer,
+    entangling_pairs,
+    fast_simulator,
+)
 from qshield_core.simulator import MAX_PRODUCT_QUBITS, FastCircuitSimulator, ProductStateProbabilities
 
 TOL = 1e-5
@@ -275,3 +287,96 @@ def test_hybrid_image_gradients_agree_across_backends(noise):
         results.append((out.quantum_probs.detach(), out.log_probs.detach(), grad))
     for fast, ref in zip(*results, strict=True):
         torch.testing.assert_close(fast, ref, atol=TOL, rtol=0)
+
+
+# --------------------------------------------------------------------------- designs: noise placement, device noise
+
+
+def exaggerated_device(n_qubits: int = 4) -> DeviceNoise:
+    """The synthetic snapshot's chain, with gate times stretched so that every channel shows above the tolerance."""
+    props = json.loads((Path(__file__).parent / "data" / "snapshots" / "tiny" / "props_tiny.json").read_text())
+    device = device_noise_from_properties(props, n_qubits, entangling_pairs("full", n_qubits))
+    qubits = tuple(replace(q, pulse_length=q.pulse_length * 100, pulse_error=0.02) for q in device.qubits)
+    pairs = tuple(replace(p, length=p.length * 10, error=min(0.3, p.error * 5)) for p in device.pairs)
+    return replace(device, qubits=qubits, pairs=pairs)
+
+
+DESIGNS = {
+    "end-mixed": dict(noise=NoiseModel("mixed", 0.4, readout=0.05), noise_placement="end"),
+    "device": dict(noise=NoiseModel("none", 0.0), device=exaggerated_device()),
+    "device+depolarizing-end": dict(noise=NoiseModel("depolarizing", 0.2, readout=0.03), noise_placement="end",
+                                    device=exaggerated_device()),
+}
+DESIGN_CASES = list(itertools.product(ENCODINGS, ("linear", "full"), (1, 2), (False, True), DESIGNS))
+
+
+@pytest.mark.parametrize("encoding, entanglement, depth, variational, design", DESIGN_CASES)
+def test_fast_equals_pennylane_for_designs(encoding, entanglement, depth, variational, design):
+    config = CircuitConfig(4, encoding, entanglement, depth, variational, **DESIGNS[design])
+    seed = 1000 + DESIGN_CASES.index((encoding, entanglement, depth, variational, design))
+    angles = make_angles(config, BATCH, seed)
+    cotangent = torch.randn(BATCH, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    fast_probs, fast_grads = outputs_and_gradients(make_layer(config, "fast", seed), angles, cotangent)
+    ref_probs, ref_grads = outputs_and_gradients(make_layer(config, "pennylane", seed), angles, cotangent)
+    torch.testing.assert_close(fast_probs, ref_probs, atol=TOL, rtol=0)
+    for fast_grad, ref_grad in zip(fast_grads, ref_grads, strict=True):
+        assert float(ref_grad.abs().max()) > 1e-3
+        torch.testing.assert_close(fast_grad, ref_grad, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("design", DESIGNS)
+def test_product_path_serves_designs(encoding, design):
+    """Device noise and end placement are still one fixed map after the encoding: the product path equals the
+    density-matrix path."""
+    config = CircuitConfig(4, encoding, "full", 2, False, **DESIGNS[design])
+    angles = make_angles(config, 3, seed=91)
+    cotangent = torch.randn(3, 16, generator=torch.Generator().manual_seed(91), dtype=torch.float64)
+    sim = fast_simulator(config)
+    results = []
+    for path in (sim.general_probabilities, sim.probabilities):
+        a = angles.clone().requires_grad_(True)
+        probs = path(a)
+        results.append((probs.detach(), torch.autograd.grad((probs * cotangent).sum(), a)[0]))
+    (general, general_grad), (product, product_grad) = results
+    torch.testing.assert_close(product, general, atol=PRODUCT_TOL, rtol=0)
+    torch.testing.assert_close(product_grad, general_grad, atol=PRODUCT_TOL, rtol=0)
+
+
+def test_device_noise_changes_the_output_and_acts_per_gate():
+    angles = make_angles(CircuitConfig(), 4, seed=93)
+    clean = fast_simulator(CircuitConfig(noise=NOISE_MODELS["none"])).probabilities(angles)
+    noisy = fast_simulator(CircuitConfig(noise=NOISE_MODELS["none"], device=exaggerated_device())).probabilities(angles)
+    assert float((noisy - clean).abs().max()) > 1e-2
+    # Without CNOTs there is no two-qubit noise: only the rotation blocks' single-qubit channels remain.
+    device = exaggerated_device()
+    sparse = fast_simulator(CircuitConfig(entanglement="none", noise=NOISE_MODELS["none"], device=device))
+    assert torch.equal(sparse.device_entangler, torch.eye(256, dtype=torch.complex128))
+    assert sparse.device_rotation is not None and not sparse.is_pure
+    dense = fast_simulator(CircuitConfig(noise=NOISE_MODELS["none"], device=device))
+    plain = torch.as_tensor(simulator.entangler_matrix(entangling_pairs("full", 4), 4))
+    assert float((dense.device_entangler - torch.kron(plain, plain.conj())).abs().max()) > 1e-2
+
+
+def test_the_paper_circuit_keeps_its_operation_order():
+    """Cards without the new fields run the exact operations they always ran (bit for bit), and the general
+    composition used by the new designs agrees with it to rounding."""
+    for variational in (False, True):
+        config = CircuitConfig(4, "enhanced", "full", 2, variational, NOISE_MODELS["mixed+readout"])
+        sim = fast_simulator(config)
+        weights = None if not variational else make_layer(config, "fast", 5).weights.detach()
+        superop = torch.eye(256, dtype=torch.complex128)
+        for layer in range(2):
+            unitary = sim._layer_unitary(None if weights is None else weights[layer], torch.complex128)
+            superop = sim.noise_superop @ torch.kron(unitary, unitary.conj()) @ superop
+        old = superop[torch.arange(16) * 17].transpose(0, 1).contiguous()
+        assert torch.equal(sim._readout_map(weights, torch.complex128), old)
+        torch.testing.assert_close(sim._channel(weights, torch.complex128)[torch.arange(16) * 17].transpose(0, 1), old,
+                                   atol=1e-14, rtol=0)
+
+
+def test_embed_operator_places_a_two_qubit_gate():
+    cnot = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]])
+    for control, target in ((0, 1), (1, 0), (0, 3), (3, 1), (2, 0)):
+        np.testing.assert_array_equal(simulator.embed_operator(cnot, (control, target), 4).numpy(),
+                                      simulator.cnot_matrix(control, target, 4))

@@ -98,6 +98,20 @@ def test_init_weights_redraws_torch_default_initialisation(dataset, model_name, 
     assert not same_weights(weights(other), weights(reference))
 
 
+def test_init_weights_lets_a_module_initialise_itself_and_draws_the_rest_as_before():
+    """The ResNet-18 backbone draws torchvision's initialisation (its ``reset_parameters_from``); the rest of a hybrid
+    on it is re-drawn as torch's default initialisation, from the same generator, after it."""
+    model = init_weights(build_model("mnist", "resnet18-hybrid-full"), torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    backbone = build_model("mnist", "resnet18")
+    backbone.reset_parameters_from(generator)
+    assert same_weights(weights(model.cnn), weights(backbone))
+    torch.manual_seed(5)
+    head = build_model("mnist", "hybrid-full").fusion
+    fusion = init_weights(nn.Sequential(head), generator)[0]
+    assert same_weights(weights(model.fusion), weights(fusion))
+
+
 def test_generator_dropout_draws_from_the_scope_generator():
     layer = GeneratorDropout(0.25).train()
     x = torch.ones(200, 500)
@@ -293,3 +307,32 @@ def test_unknown_model_and_oversized_batch_are_refused(tmp_path):
         default_config("mnist", "resnet50")
     with pytest.raises(ValueError, match="larger than the 100 training images"):
         run(replace(tiny(), batch_size=128), tmp_path)
+
+
+def test_a_checkpoint_from_before_the_design_fields_still_resumes(tmp_path):
+    """Checkpoints written before TrainConfig had ``circuit`` and ``grad_mode`` store no such keys: they read as
+    the defaults, and a changed design is still refused."""
+    cfg = tiny(epochs=2)
+    with pytest.raises(Interrupted):
+        run(cfg, tmp_path, log=interrupt_after_epoch(1))
+    path = checkpoint_path(cfg, tmp_path / "checkpoints")
+    state = torch.load(path, weights_only=True)
+    for key in ("circuit", "grad_mode"):
+        del state["config"][key]
+    torch.save(state, path)
+    messages: list[str] = []
+    resumed = run(cfg, tmp_path, resume=True, log=messages.append)
+    assert any("at epoch 1" in m for m in messages) and [r["epoch"] for r in resumed.card["history"]] == [1, 2]
+    with pytest.raises(ValueError, match=r"another configuration.*grad_mode"):
+        run(replace(cfg, grad_mode="differentiable"), tmp_path, resume=True)
+
+
+def test_a_design_needs_its_circuit():
+    with pytest.raises(ValueError, match="give its circuit"):
+        TrainConfig("mnist", "hybrid-mine", 1)
+    with pytest.raises(ValueError, match="needs a hybrid model"):
+        TrainConfig("mnist", "classical", 1, circuit=CircuitConfig().to_dict())
+    with pytest.raises(ValueError, match="grad_mode"):
+        TrainConfig("mnist", "hybrid-full", 1, grad_mode="sideways")
+    cfg = default_config("mnist", "hybrid-mine", circuit=CircuitConfig(depth=2).to_dict())
+    assert cfg.grad_mode == "paper" and cfg.circuit["depth"] == 2  # no trainable layers: the shipped recipe

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import require_samples, shipped_cards
 
+from qshield_core import zoo
 from qshield_core.data import get_spec, load_samples
-from qshield_core.models import QShieldHybrid, build_model
-from qshield_core.train import default_config, fit, make_optimizer
+from qshield_core.designs import Design
+from qshield_core.evaluation import runner
+from qshield_core.models import QShieldHybrid, build_model, is_hybrid_name
+from qshield_core.quantum import CircuitConfig
+from qshield_core.train import default_config, fit, init_weights, make_optimizer
 from qshield_core.zoo import (
     PRETRAINED_DIR,
     ModelUnavailableError,
@@ -21,6 +26,8 @@ from qshield_core.zoo import (
     read_card,
     save_model,
     sha256_file,
+    user_model_name,
+    user_models,
 )
 
 
@@ -34,7 +41,7 @@ def save_small(directory: Path, model_name: str = "classical"):
     return model, files
 
 
-@pytest.mark.parametrize("model_name", ["classical", "dnn", "hybrid-full"])
+@pytest.mark.parametrize("model_name", ["classical", "dnn", "hybrid-full", "resnet18", "resnet18-hybrid-full"])
 def test_round_trip(tmp_path, model_name):
     model, files = save_small(tmp_path, model_name)
     assert read_card("mnist", model_name, tmp_path)["weights_sha256"] == sha256_file(files.weights)
@@ -163,7 +170,7 @@ def test_shipped_models_exist_or_skip():
 def test_shipped_card(card_path):
     card = json.loads(card_path.read_text())
     missing = [k for k in REQUIRED if k not in card]
-    if card["model"].startswith("hybrid-"):
+    if is_hybrid_name(card["model"]):
         missing += [k for k in REQUIRED_HYBRID if k not in card]
         assert 0.0 <= card["mean_alpha_test"] <= 1.0
     assert not missing, f"{card_path.name} lacks {missing}"
@@ -173,6 +180,21 @@ def test_shipped_card(card_path):
     assert 0.0 < card["clean_test_accuracy"] <= 1.0 and card["train_seconds"] > 0
     assert {"torch", "pennylane"} <= set(card["versions"])
     assert sha256_file(card_path.with_suffix(".safetensors")) == card["weights_sha256"]
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=[c.stem for c in CARDS])
+def test_shipped_card_rebuilds_its_architecture_and_recipe(card_path):
+    """Every shipped card is rebuilt as the network its weights were saved from (same tensors, bit for bit), and
+    today's recipe for its name is the one it was trained with (the ResNet-18 names left the others alone)."""
+    from safetensors.torch import load_file
+
+    card = json.loads(card_path.read_text())
+    model, _ = load_model(card["dataset"], card["model"])
+    saved = load_file(str(card_path.with_suffix(".safetensors")))
+    state = model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    recipe = asdict(default_config(card["dataset"], card["model"]))
+    assert {k: recipe[k] for k in card["hyperparameters"]} == card["hyperparameters"]
 
 
 @pytest.mark.parametrize("card_path", CARDS, ids=[c.stem for c in CARDS])
@@ -186,3 +208,89 @@ def test_shipped_model_classifies_the_shipped_samples(card_path):
     # Samples are 10 per class, so allow for class imbalance and sampling: 15 points below the card.
     assert accuracy >= card["clean_test_accuracy"] - 0.15, f"{card_path.stem}: {accuracy:.3f} on samples"
     assert model(images[:1]).shape == (1, get_spec(card["dataset"]).num_classes)
+
+
+# --------------------------------------------------------------------------- models trained from circuit designs
+
+
+@pytest.fixture
+def model_folders(tmp_path, monkeypatch):
+    """Empty shipped and user folders, so that lookups by name see only what a test puts there."""
+    shipped, user = tmp_path / "pretrained", tmp_path / "user_models"
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", shipped)
+    monkeypatch.setattr(zoo, "USER_MODELS_DIR", user)
+    runner._load.cache_clear()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield shipped, user
+    torch.set_num_threads(previous)
+    runner._load.cache_clear()
+
+
+def test_a_trained_design_is_saved_apart_loads_by_name_and_is_refused_when_tampered(model_folders, tmp_path):
+    require_samples()
+    shipped, user = model_folders
+    design = Design("tiny-depth2", {"entanglement": "ring", "depth": 2, "variational": True,
+                                    "noise": {"kind": "depolarizing", "p": 0.05}, "noise_placement": "end"},
+                    "a test design", "inline")
+    circuit = design.config_for("mnist")
+    name = user_model_name(design.name)
+    cfg = replace(default_config("mnist", name, epochs=1, batch_size=16, circuit=circuit.to_dict(),
+                                 extra={"data": "samples", "design": design.card_entry()}), init_from=None)
+    assert cfg.grad_mode == "differentiable"  # trainable layers learn only with a gradient through the circuit
+    result = fit(cfg, checkpoint_dir=tmp_path / "checkpoints", log=lambda _m: None)
+    assert result.files.card.parent == user and not shipped.exists()
+    card = result.card
+    assert CircuitConfig.from_dict(card["circuit"]) == circuit == result.model.circuit_config
+    assert card["design"] == design.card_entry() and card["trained_grad_mode"] == "differentiable"
+    assert "noise once after the last layer" in card["noise_description"]
+    initial = init_weights(build_model("mnist", name, circuit=circuit), torch.Generator().manual_seed(cfg.seed))
+    assert not torch.equal(initial.quantum.weights, result.model.quantum.weights)  # the circuit's layers trained
+
+    assert name in user_models("mnist") and name not in available_models("mnist")
+    loaded, loaded_card = load_model("mnist", name, grad_mode="differentiable")  # by name alone
+    assert loaded_card == card
+    images, _ = load_samples("mnist")
+    result.model.grad_mode = "differentiable"
+    with torch.no_grad():
+        assert torch.equal(loaded(images), result.model(images))
+    flip_one_byte(result.files.weights)
+    with pytest.raises(ModelUnavailableError, match="does not match") as info:
+        load_model("mnist", name)
+    assert str(result.files.weights) in str(info.value)
+
+
+def test_shipped_models_come_first_and_design_names_are_checked(model_folders):
+    shipped, user = model_folders
+    torch.manual_seed(0)
+    circuit = CircuitConfig.for_classes(10, depth=2)
+    for folder, seed in ((shipped, 1), (user, 2)):
+        torch.manual_seed(seed)
+        model = build_model("mnist", "hybrid-twice", circuit=circuit)
+        save_model(model, {"dataset": "mnist", "model": "hybrid-twice", "circuit": circuit.to_dict(), "seed": seed},
+                   "mnist", "hybrid-twice", folder)
+    assert load_model("mnist", "hybrid-twice")[1]["seed"] == 1
+    assert zoo.find_directory("mnist", "hybrid-twice") == shipped
+    for bad in ("full", "hybrid-none", "../escape", "a/b", ""):
+        with pytest.raises(ValueError):
+            user_model_name(bad)
+    assert user_model_name("my.design_2") == "hybrid-my.design_2"
+    with pytest.raises(ModelUnavailableError, match="Unknown model"):
+        load_model("mnist", "hybrid-../../etc")
+
+
+def test_a_finite_shot_design_is_judged_over_draws_and_gets_eot(model_folders):
+    require_samples()
+    _, user = model_folders
+    for name, shots in (("hybrid-exact", None), ("hybrid-sampled", 500)):
+        torch.manual_seed(0)
+        circuit = CircuitConfig.for_classes(10, shots=shots)
+        save_model(build_model("mnist", name, circuit=circuit), {"dataset": "mnist", "model": name,
+                                                                 "circuit": circuit.to_dict()}, "mnist", name, user)
+    assert runner.has_finite_shots("mnist", "hybrid-sampled") and not runner.has_finite_shots("mnist", "hybrid-exact")
+    cells = runner.plan_cells(["mnist"], ["hybrid-exact", "hybrid-sampled"], ["differentiable"], ["eot-pgd"], n=10,
+                              source="samples")
+    assert [c.model for c in cells] == ["hybrid-sampled"]  # EOT only where the model is randomised
+    record = runner.evaluate_cell("mnist", "hybrid-sampled", "differentiable", "fgsm", None, 10, source="samples",
+                                  draws=2)
+    assert record["draws"]["n_draws"] == 2 and record["model"] == "hybrid-sampled"

@@ -8,6 +8,8 @@ file per attack as torchattacks does, what torchattacks lacks:
   search over ``c``; torchattacks' Adam-based ``CW`` is far weaker at the paper's settings);
 - ``deepfool.py``: :class:`BatchedDeepFool`, torchattacks' DeepFool on a whole batch at once;
 - ``bpda.py``: :class:`StraightThrough`, BPDA through the ``differentiable`` twin;
+- ``smoothadv.py``: :class:`SmoothAdvPGD`, PGD-L2 on a smoothed classifier with EOT over its noise
+  (Salman et al. 2019), the empirical side of :mod:`qshield_core.certify.smoothing`;
 - ``autoattack.py``: :func:`autoattack_standard`, :func:`autoattack_rand` (Croce & Hein's
   compositions at the reference's budgets) and :func:`with_restarts`;
 - ``registry.py``: :class:`AttackSpec`, the presets, the ``ATTACKS`` registry and the functions
@@ -53,6 +55,7 @@ from .registry import (
     validate_eps,
     validate_steps,
 )
+from .smoothadv import SmoothAdvPGD
 
 __all__ = [
     "ADAPTIVE_ATTACKS",
@@ -66,6 +69,7 @@ __all__ = [
     "BatchedDeepFool",
     "Builder",
     "CarliniWagnerL2",
+    "SmoothAdvPGD",
     "StraightThrough",
     "attack_params",
     "autoattack_rand",

@@ -17,6 +17,7 @@ from torch import nn
 from torchattacks.attack import Attack
 
 from ..data import get_spec
+from ..models import is_hybrid_name
 from .autoattack import autoattack_rand, autoattack_standard, with_restarts
 from .bpda import StraightThrough
 from .cw import CarliniWagnerL2
@@ -63,13 +64,16 @@ class AttackSpec:
     paper_column: str | None = None
     """The attack's name in the paper's tables."""
 
-    def applies_to(self, model_name: str, grad_mode: str | None) -> bool:
+    def applies_to(self, model_name: str, grad_mode: str | None, randomised: bool = False) -> bool:
         """Whether the attack is meaningful for this model (used when a suite is expanded).
 
         Transfer, BPDA and the EOT attacks are for hybrids only: the baselines (the classical CNN and the DNN)
-        are deterministic and differentiable, with no twin, and the CNN is the transfer source."""
-        hybrid = model_name.startswith("hybrid-")
-        if self.surrogate == "differentiable-twin" or self.stochastic_only:
+        are deterministic and differentiable, with no twin, and the CNN is the transfer source. The EOT
+        attacks also apply to a hybrid that is ``randomised`` in every mode (a circuit with finite shots)."""
+        hybrid = is_hybrid_name(model_name)
+        if self.stochastic_only:
+            return hybrid and (grad_mode == "paper" or randomised)
+        if self.surrogate == "differentiable-twin":
             return hybrid and grad_mode == "paper"
         if self.surrogate == "classical":
             return hybrid

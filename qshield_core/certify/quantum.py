@@ -294,6 +294,9 @@ def _cached_channel(config: CircuitConfig, global_depolarizing: float) -> Circui
 
 
 def _build_channel(config: CircuitConfig, weights: torch.Tensor | None, global_depolarizing: float) -> CircuitChannel:
+    if config.device is not None or config.noise_placement != "every_layer" or config.shots is not None:
+        raise ValueError("The quantum-noise certificate covers circuits with per-layer noise only (no device noise, "
+                         "no noise_placement='end', no finite shots).")
     sim = FastCircuitSimulator(config.n_qubits, config.encoding, config.pairs, config.depth, config.noise)
     superop = sim.superoperator(weights)
     if global_depolarizing > 0:

@@ -168,12 +168,12 @@ def load_results(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def save_results(path: str | os.PathLike, records: list[dict]) -> None:
+def save_results(path: str | os.PathLike, records: list[dict], schema: str = SCHEMA) -> None:
     """Write the records atomically (a temporary file in the same folder, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(_dumps({"schema": SCHEMA, "records": records}) + "\n")
+    tmp.write_text(_dumps({"schema": schema, "records": records}) + "\n")
     os.replace(tmp, path)
 
 
@@ -195,7 +195,7 @@ def upsert(records: list[dict], record: dict) -> list[dict]:
     return records
 
 
-def merge_record(path: str | os.PathLike, record: dict) -> list[dict]:
+def merge_record(path: str | os.PathLike, record: dict, schema: str = SCHEMA) -> list[dict]:
     """Add ``record`` to the results file (replacing a record with its key); returns all records.
 
     The file is re-read and rewritten under an exclusive lock (``filelock`` on ``<file>.lock``, on
@@ -205,7 +205,7 @@ def merge_record(path: str | os.PathLike, record: dict) -> list[dict]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_name(path.name + ".lock"))):
         records = upsert(load_results(path), record)
-        save_results(path, records)
+        save_results(path, records, schema)
     return records
 
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .. import rng
 from ..attacks import ATTACKS, build_from_params, expand_attacks, get_attack, resolve_params, validate_eps
 from ..data import get_spec
-from ..models import QShieldHybrid, input_gradient_norm
+from ..models import QShieldHybrid, classical_of, input_gradient_norm, is_hybrid_name
 from .metrics import attack_metrics, format_interval, format_percent, pack_bits, perturbation_norms, spread
 from .passes import DEFAULT_SHOTS, CountingModel, projected_circuit_executions
 from .points import EvalPoints, evaluation_points, resolve_source
@@ -390,9 +390,23 @@ def _cell_eps(aspec, eps: float | None, spec) -> float | None:
     return spec.paper_eps if eps is None else validate_eps(eps, spec.name)
 
 
+def has_finite_shots(dataset: str, model_name: str) -> bool:
+    """Whether a model's card describes a circuit estimated from finite shots (randomised in every gradient
+    mode); False for the shipped models and for a model without a card."""
+    from ..zoo import ModelUnavailableError, is_builtin_name, read_card
+
+    if not is_hybrid_name(model_name) or is_builtin_name(model_name):
+        return False
+    try:
+        circuit = read_card(dataset, model_name).get("circuit") or {}
+    except ModelUnavailableError:
+        return False
+    return circuit.get("shots") is not None
+
+
 def normalise_grad_mode(model_name: str, grad_mode: str | None) -> str | None:
-    """None for the classical CNN and the DNN (no gradient modes), the mode (default ``paper``) for hybrids."""
-    return None if not model_name.startswith("hybrid-") else (grad_mode or "paper")
+    """None for the baselines (no gradient modes), the mode (default ``paper``) for hybrids."""
+    return None if not is_hybrid_name(model_name) else (grad_mode or "paper")
 
 
 @functools.lru_cache(maxsize=16)
@@ -427,9 +441,11 @@ def evaluate_cell(dataset: str, model_name: str, grad_mode: str | None, attack: 
     aspec = None if attack == "none" else get_attack(attack)
     directory = None if model_dir is None else str(model_dir)
     model, card = _load(spec.name, model_name, grad_mode, backend, directory)
+    shots = (card.get("circuit") or {}).get("shots") or shots  # a finite-shot circuit costs its own shots
     surrogate, surrogate_info = None, None
     if aspec is not None and aspec.surrogate is not None:
-        s_name, s_mode = ("classical", None) if aspec.surrogate == "classical" else (model_name, "differentiable")
+        s_name, s_mode = ((classical_of(model_name), None) if aspec.surrogate == "classical"
+                          else (model_name, "differentiable"))
         surrogate, surrogate_card = _load(spec.name, s_name, s_mode, backend, directory)
         surrogate_info = {"role": aspec.surrogate, "model": s_name, "grad_mode": s_mode,
                           "weights_sha256": surrogate_card.get("weights_sha256")}
@@ -466,11 +482,12 @@ def plan_cells(datasets: Sequence[str], models: Sequence[str], grad_modes: Seque
         kind = resolve_source(spec.name, source, data_root)
         eps_list = [validate_eps(e, spec.name) for e in eps_values] if eps_values else [spec.paper_eps]
         for model in models:
-            modes = [None] if not model.startswith("hybrid-") else list(dict.fromkeys(grad_modes or ["paper"]))
+            modes = [None] if not is_hybrid_name(model) else list(dict.fromkeys(grad_modes or ["paper"]))
+            randomised = has_finite_shots(spec.name, model)
             for mode in modes:
                 for attack in names:
                     aspec = None if attack == "none" else ATTACKS[attack]
-                    if aspec is not None and only_applicable and not aspec.applies_to(model, mode):
+                    if aspec is not None and only_applicable and not aspec.applies_to(model, mode, randomised):
                         continue
                     for eps in (eps_list if aspec is not None and aspec.uses_eps else [None]):
                         cell = Cell(spec.name, model, mode, attack, eps, n, seed, backend,

@@ -1,0 +1,248 @@
+"""The paper's CNN, torchvision's ResNet-18 trained from scratch, and hybrid-full on it: the architecture against
+torchvision's, the names, the cards (round trip, tampering), a smoke training on the shipped samples, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torchvision
+from conftest import require_samples
+from torch import nn
+
+from qshield_core import grid, zoo
+from qshield_core.cli import main
+from qshield_core.data import REPO_ROOT, get_spec, load_samples
+from qshield_core.evaluation import plan_cells, runner
+from qshield_core.models import (
+    BASELINES,
+    MODEL_NAMES,
+    Normalize,
+    QShieldHybrid,
+    build_model,
+    classical_of,
+    count_parameters,
+    is_hybrid_name,
+    split_backbone,
+)
+from qshield_core.resnet import SCRATCH, PaperResNet18
+from qshield_core.train import default_config, fit, init_weights, make_optimizer
+
+PARAMETERS = {"mnist": 11_175_370, "organamnist": 11_175_883, "cifar10": 11_181_642}
+"""torchvision's resnet18 has 11,689,512 parameters (1000 classes, 3 channels); fc 512 -> C and, for greyscale, a
+1-channel conv1 (64 x 49 weights instead of 64 x 3 x 49) give these."""
+
+
+def torchvision_reference(dataset: str) -> nn.Module:
+    """What the paper's code builds, without ImageNet weights: resnet18, conv1 replaced for greyscale, fc C-way."""
+    spec = get_spec(dataset)
+    net = torchvision.models.resnet18(weights=None)
+    if spec.channels == 1:
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Linear(net.fc.in_features, spec.num_classes)
+    return net
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "organamnist", "cifar10"])
+def test_the_architecture_is_torchvisions_resnet18(dataset):
+    spec = get_spec(dataset)
+    torch.manual_seed(0)
+    ours, reference = build_model(dataset, "resnet18").eval(), torchvision_reference(dataset).eval()
+    assert isinstance(ours, PaperResNet18) and count_parameters(ours) == PARAMETERS[dataset]
+    assert count_parameters(reference) == PARAMETERS[dataset]
+    shapes = {k.removeprefix("resnet18."): v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in reference.state_dict().items()}, "same layers, same shapes"
+    net = ours.resnet18
+    assert (net.conv1.in_channels, net.conv1.out_channels, net.conv1.kernel_size) == (spec.channels, 64, (7, 7))
+    assert (net.conv1.stride, net.conv1.padding, net.conv1.bias) == ((2, 2), (3, 3), None)
+    assert (net.maxpool.kernel_size, net.maxpool.stride, net.maxpool.padding) == (3, 2, 1), "max pool kept"
+    assert (net.fc.in_features, net.fc.out_features) == (512, spec.num_classes)
+    assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert not any(isinstance(m, Normalize) for m in ours.modules()), "inputs in [0, 1], no normalisation"
+    ours.resnet18.load_state_dict(reference.state_dict())
+    x = torch.rand(3, *spec.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=0, rtol=0)  # the same computation
+
+
+def test_names_say_backbone_and_quantum_branch():
+    assert {"resnet18", "resnet18-hybrid-full"} <= set(MODEL_NAMES) and "resnet18" in BASELINES
+    assert split_backbone("resnet18") == ("resnet18", "classical")
+    assert split_backbone("resnet18-hybrid-full") == ("resnet18", "hybrid-full")
+    assert split_backbone("hybrid-full") == (None, "hybrid-full") and split_backbone("classical") == (None, "classical")
+    assert [is_hybrid_name(m) for m in ("resnet18", "resnet18-hybrid-full", "hybrid-x", "dnn")] == [
+        False, True, True, False]
+    assert classical_of("resnet18-hybrid-full") == "resnet18" and classical_of("hybrid-full") == "classical"
+    assert zoo.is_builtin_name("resnet18-hybrid-full") and zoo.default_directory("resnet18") == zoo.PRETRAINED_DIR
+    assert zoo.user_model_name("resnet18") == "hybrid-resnet18", "a design name is still hybrid-<name>"
+    hybrid = build_model("organamnist", "resnet18-hybrid-full")
+    assert isinstance(hybrid, QShieldHybrid) and isinstance(hybrid.cnn, PaperResNet18)
+    assert hybrid.circuit_config.entanglement == "full" and hybrid.circuit_config.n_qubits == 4
+    with pytest.raises(ValueError, match="not built on backbone"):
+        build_model("mnist", "classical", backbone="resnet18")
+    cells = plan_cells(["mnist"], ["resnet18", "resnet18-hybrid-full"], ["paper", "differentiable"],
+                       ["none", "transfer-classical"], source="samples")
+    assert sorted((c.model, c.grad_mode, c.attack) for c in cells) == [  # transfer: hybrids only, both modes
+        ("resnet18", None, "none"), *(("resnet18-hybrid-full", mode, attack) for mode in ("differentiable", "paper")
+                                       for attack in ("none", "transfer-classical"))]
+
+
+def test_init_weights_draws_torchvisions_initialisation_from_the_generator():
+    model = init_weights(build_model("mnist", "resnet18"), torch.Generator().manual_seed(3))
+    again = init_weights(build_model("mnist", "resnet18"), torch.Generator().manual_seed(3))
+    other = init_weights(build_model("mnist", "resnet18"), torch.Generator().manual_seed(4))
+    state, same, different = model.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(state[k], same[k]) for k in state)
+    assert not torch.equal(state["resnet18.conv1.weight"], different["resnet18.conv1.weight"])
+    conv = model.resnet18.layer3[0].conv2.weight  # Kaiming normal, fan-out: std sqrt(2 / (256 * 9))
+    assert conv.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
+    bn = model.resnet18.layer1[0].bn1
+    assert bool((bn.weight == 1).all()) and bool((bn.bias == 0).all())
+
+
+def test_the_recipe_is_the_papers():
+    cfg = default_config("mnist", "resnet18")
+    assert (cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.augment, cfg.label_smoothing) == (128, 1e-3, 1e-4, "none", 0)
+    assert (cfg.epochs, default_config("organamnist", "resnet18").epochs) == (2, 3)
+    opt, sched = make_optimizer(build_model("mnist", "resnet18"), cfg, steps=10)
+    assert isinstance(opt, torch.optim.Adam) and isinstance(sched, torch.optim.lr_scheduler.ConstantLR)
+    hybrid = default_config("mnist", "resnet18-hybrid-full")
+    assert (hybrid.init_from, hybrid.epochs, hybrid.cnn_lr_scale, hybrid.augment) == ("resnet18", 1, 0.1, "none")
+    with pytest.raises(ValueError, match="on a backbone this project trains only"):
+        default_config("mnist", "resnet18-hybrid-none")
+
+
+def save_small(directory, dataset: str = "mnist"):
+    torch.manual_seed(0)
+    model = build_model(dataset, "resnet18").eval()
+    card = {"dataset": dataset, "model": "resnet18", "backbone": "resnet18"}
+    return model, zoo.save_model(model, card, dataset, "resnet18", directory)
+
+
+def test_a_card_round_trips_and_a_tampered_file_is_refused(tmp_path):
+    model, files = save_small(tmp_path)
+    loaded, card = zoo.load_model("mnist", "resnet18", directory=tmp_path)
+    assert card["backbone"] == "resnet18" and isinstance(loaded, PaperResNet18) and not loaded.training
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    data = bytearray(files.weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    files.weights.write_bytes(bytes(data))
+    with pytest.raises(zoo.ModelUnavailableError, match="does not match"):
+        zoo.load_model("mnist", "resnet18", directory=tmp_path)
+
+
+def test_a_card_whose_backbone_contradicts_its_name_is_refused(tmp_path):
+    _, files = save_small(tmp_path)
+    files.card.write_text(json.dumps(dict(json.loads(files.card.read_text()), model="classical")))
+    renamed = zoo.model_files("mnist", "classical", tmp_path)
+    files.card.rename(renamed.card)
+    files.weights.rename(renamed.weights)
+    with pytest.raises(zoo.ModelUnavailableError, match="names backbone 'resnet18'"):
+        zoo.load_model("mnist", "classical", directory=tmp_path)
+
+
+def test_the_study_grid_writes_into_the_tables_files():
+    """grids/resnet18.toml: the paper protocol (n = 1000) and AutoAttack on both models, MNIST and OrganAMNIST,
+    into the results files of grids/results.toml (so the tables show the rows beside ours)."""
+    jobs = grid.plan(grid.load_grid(REPO_ROOT / "grids" / "resnet18.toml"), source="samples")
+    outs = {j.stage: str(j.out) for j in jobs}
+    assert outs == {"paper": "results/paper-reproduction.json", "adaptive": "results/adaptive.json"}
+    paper = [j.cell for j in jobs if j.stage == "paper"]
+    assert {c.n for c in paper} == {1000} and {c.dataset for c in paper} == {"mnist", "organamnist"}
+    attacked = {(c.dataset, c.model, c.grad_mode) for c in paper if c.attack == "pgd"}
+    assert attacked == {(d, m, g) for d in ("mnist", "organamnist")
+                        for m, g in (("resnet18", None), ("resnet18-hybrid-full", "paper"))}
+    adaptive = [j.cell for j in jobs if j.stage == "adaptive"]
+    aa = sorted((c.dataset, c.model, c.grad_mode, c.n, round(c.eps * 255)) for c in adaptive)
+    assert [a for a in aa if a[0] == "organamnist"] == [("organamnist", "resnet18", None, 500, 8),
+                                                       ("organamnist", "resnet18-hybrid-full", "paper", 200, 8)]
+    assert {c.attack for c in adaptive} == {"autoattack"}
+
+
+# --------------------------------------------------------------------------- trained on the shipped samples
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """resnet18, then resnet18-hybrid-full from it (the recipes, 1 epoch of batch 20 on the 100 MNIST samples),
+    saved by name into an empty pretrained/ folder."""
+    require_samples()
+    root = tmp_path_factory.mktemp("resnet18")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zoo, "PRETRAINED_DIR", root / "pretrained")
+        patch.setattr(zoo, "USER_MODELS_DIR", root / "user_models")
+        runner._load.cache_clear()
+        torch.set_num_threads(1)
+        try:
+            runs = {m: fit(default_config("mnist", m, epochs=1, batch_size=20, extra={"data": "samples"}),
+                           checkpoint_dir=root / "checkpoints", log=quiet)
+                    for m in ("resnet18", "resnet18-hybrid-full")}
+            yield root / "pretrained", runs
+        finally:
+            torch.set_num_threads(threads)
+            runner._load.cache_clear()
+
+
+def test_training_on_the_samples_writes_a_card_that_says_how(trained):
+    folder, runs = trained
+    card = runs["resnet18"].card
+    assert runs["resnet18"].files.card.parent == folder
+    assert card["backbone"] == "resnet18" and card["initial_weights"] == SCRATCH
+    assert card["architecture"].startswith("torchvision resnet18") and SCRATCH in card["architecture"]
+    assert card["parameter_count"] == PARAMETERS["mnist"] and card["input"]["output"] == "logits"
+    paper = card["paper_model"]
+    assert paper["name"] == "CNN" and "Conv2d(1, 64, kernel_size=7, stride=2, padding=3" in paper["same"]
+    assert SCRATCH in paper["differs"] and "1 epoch(s) instead of 10" in paper["differs"]
+    hybrid = runs["resnet18-hybrid-full"].card
+    assert hybrid["backbone"] == "resnet18" and hybrid["init_from"]["model"] == "mnist-resnet18"
+    assert hybrid["init_from"]["weights_sha256"] == card["weights_sha256"]
+    assert hybrid["initial_weights"] == f"CNN from mnist-resnet18, {SCRATCH}"
+    assert hybrid["paper_model"]["name"] == "HQCNN-Full" and "circuit" in hybrid
+    assert hybrid["architecture"].startswith("torchvision resnet18") and "dynamic fusion" in hybrid["architecture"]
+
+
+def test_both_load_by_name_and_a_tampered_copy_is_refused(trained, tmp_path):
+    _, runs = trained
+    images, _ = load_samples("mnist")
+    for name, run in runs.items():
+        loaded, card = zoo.load_model("mnist", name, grad_mode="differentiable")
+        assert card == run.card
+        if isinstance(run.model, QShieldHybrid):
+            run.model.grad_mode = "differentiable"
+            assert isinstance(loaded.cnn, PaperResNet18)
+        with torch.no_grad():
+            assert torch.equal(loaded(images), run.model(images))
+    assert {"resnet18", "resnet18-hybrid-full"} <= set(zoo.available_models("mnist"))
+    files = runs["resnet18-hybrid-full"].files
+    for path in (files.weights, files.card):
+        shutil.copy(path, tmp_path)
+    copy = zoo.model_files("mnist", "resnet18-hybrid-full", tmp_path).weights
+    copy.write_bytes(copy.read_bytes()[:-64])
+    with pytest.raises(zoo.ModelUnavailableError, match="does not match"):
+        zoo.load_model("mnist", "resnet18-hybrid-full", directory=tmp_path)
+
+
+def test_evaluate_and_info_take_the_names(trained, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--dataset", "mnist", "--model", "resnet18", "resnet18-hybrid-full", "--attack", "none",
+                 "fgsm", "transfer-classical", "--n", "5", "--source", "samples", "--json", str(out), "--quiet"])
+    assert code == 0
+    records = {(r["model"], r["grad_mode"], r["attack"]): r for r in json.loads(out.read_text())["records"]}
+    assert set(records) == {("resnet18", None, "none"), ("resnet18", None, "fgsm"),
+                            ("resnet18-hybrid-full", "paper", "none"), ("resnet18-hybrid-full", "paper", "fgsm"),
+                            ("resnet18-hybrid-full", "paper", "transfer-classical")}
+    assert records[("resnet18-hybrid-full", "paper", "transfer-classical")]["surrogate"]["model"] == "resnet18"
+    capsys.readouterr()
+    assert main(["info", "--dataset", "mnist"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[1]: line for line in lines[1:]}
+    assert {"resnet18", "resnet18-hybrid-full"} <= set(listed) and not any("BAD" in line for line in lines)
