@@ -165,3 +165,25 @@ def test_a_study_cell_on_the_shipped_samples(tmp_path):
         assert len(row["predictions"]) == 10
         broken = {i for i, p, (y, *_) in zip(record["points"], row["predictions"], rows, strict=True) if p != y}
         assert set(row["certified_but_broken"]) <= broken
+
+
+class SharedShift(nn.Module):
+    """A randomised model whose randomness is drawn once per call, for the whole batch (like the paper mode)."""
+
+    randomised = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift = torch.randn(1)
+        first = x.flatten(1)[:, 0] + shift
+        return torch.stack([-first, first], -1)
+
+
+def test_a_randomised_model_s_copies_must_share_one_call():
+    x = torch.zeros(4)
+    with pytest.raises(ValueError, match="one call"):
+        certify(SharedShift(), x, SmoothingConfig(0.5, n0=10, n=200, batch_size=50), 2, torch.Generator())
+    with pytest.raises(ValueError, match="one call"):
+        predict(SharedShift(), x, SmoothingConfig(0.5, n=200, batch_size=50), 2, torch.Generator())
+    cert = certify(SharedShift(), x, SmoothingConfig(0.5, n0=10, n=200, batch_size=200), 2,
+                   torch.Generator().manual_seed(0))
+    assert cert.n == 200

@@ -16,11 +16,15 @@ that bound is below 1/2. With probability at least 1 - alpha over the noise, a r
 is correct about g. **PREDICT** returns g(x) from the top two counts of n copies when a two-sided binomial
 test at level alpha says the top one is more likely; it abstains otherwise.
 
-**Randomised base classifiers** (the hybrid's paper mode redraws its projection at every call): the
-theorem holds for the soft base classifier h_c(x) = P_omega[f(x, omega) = c] (Salman et al., NeurIPS 2019,
-Lemma 2 covers soft classifiers), so g is then the classifier of the joint draw of the Gaussian noise and
-the model's own randomness, and the Monte Carlo counts below draw both. What is certified is g, never f:
-a certificate says nothing about the base model an attacker faces without the noise.
+**Randomised base classifiers** (the hybrid's paper mode redraws its projection omega at every forward
+call, once for the whole batch): the Clopper-Pearson bound needs independent, identically distributed
+votes, and copies that share one call share one omega. So a randomised model's n copies (and its n0, and
+a vote's) run in **one** call (:func:`require_one_call` refuses otherwise): given that call's omega the
+votes are i.i.d., and the certificate is Cohen's, exact, for g_omega, the smoothed classifier of the base
+model with that projection held fixed, drawn afresh for each point. It is not a certificate for the
+deployed paper mode, which would draw another omega for the attacker's query; judging that model as a
+randomised one (EOT, several draws) is the attacks' job. What is certified is g, never f: a certificate
+says nothing about the base model an attacker faces without the noise.
 """
 
 from __future__ import annotations
@@ -109,9 +113,17 @@ def noise_counts(model: nn.Module, image: torch.Tensor, sigma: float, num: int, 
     return counts
 
 
+def require_one_call(model: nn.Module, num: int, batch_size: int) -> None:
+    """Refuse to split the copies of a randomised model over several calls (module docstring)."""
+    if getattr(model, "randomised", False) and num > batch_size:
+        raise ValueError(f"A randomised model's {num} copies must run in one call (one draw of its randomness), "
+                         f"so that the votes are independent given it: set batch_size >= {num}.")
+
+
 def certify(model: nn.Module, image: torch.Tensor, cfg: SmoothingConfig, num_classes: int,
             generator: torch.Generator) -> Certificate:
     """Cohen et al.'s CERTIFY: the smoothed prediction at ``image`` and a certified L2 radius (or abstain)."""
+    require_one_call(model, max(cfg.n0, cfg.n), cfg.batch_size)
     guess = noise_counts(model, image, cfg.sigma, cfg.n0, num_classes, generator, cfg.batch_size)
     top = int(guess.argmax())
     counts = noise_counts(model, image, cfg.sigma, cfg.n, num_classes, generator, cfg.batch_size)
@@ -125,6 +137,7 @@ def predict(model: nn.Module, image: torch.Tensor, cfg: SmoothingConfig, num_cla
             generator: torch.Generator) -> int:
     """Cohen et al.'s PREDICT: g(image) from ``cfg.n`` copies, or :data:`ABSTAIN` when the top two counts
     do not differ at level ``cfg.alpha`` (two-sided binomial test)."""
+    require_one_call(model, cfg.n, cfg.batch_size)
     counts = noise_counts(model, image, cfg.sigma, cfg.n, num_classes, generator, cfg.batch_size)
     first, second = np.argsort(counts)[::-1][:2]
     n_a, n_b = int(counts[first]), int(counts[second])
@@ -139,6 +152,7 @@ def majority_vote(model: nn.Module, image: torch.Tensor, sigma: float, num: int,
 
     Used to judge an attacked point: the question there is what g does, not whether n copies suffice to
     say so at level alpha (PREDICT would abstain near the boundary, where an attack puts its points)."""
+    require_one_call(model, num, batch_size)
     counts = noise_counts(model, image, sigma, num, num_classes, generator, batch_size)
     top = int(counts.argmax())
     return top, float(counts[top] / max(num, 1))
@@ -187,4 +201,5 @@ __all__ = [
     "noise_counts",
     "point_seed",
     "predict",
+    "require_one_call",
 ]
