@@ -55,3 +55,23 @@ def _few_threads():
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+# The browser tests' shared fixtures (tests/browser_support.py): one Chromium and one app server per module.
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from browser_support import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, browser):
+    from browser_support import app_server, require_shipped
+
+    require_shipped()
+    with app_server(tmp_path_factory.mktemp("server")) as url:
+        yield url

@@ -15,8 +15,6 @@ import pytest
 from browser_support import (
     PAGE_TIMEOUT_MS,
     PAGES,
-    app_server,
-    chromium,
     full_screenshot,
     open_page,
     require_shipped,
@@ -29,19 +27,6 @@ from qshield_core import zoo
 
 pytestmark = pytest.mark.e2e
 BADGE = re.compile(r"FLIPPED|HELD")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, browser):
-    require_shipped()
-    with app_server(tmp_path_factory.mktemp("server")) as url:
-        yield url
 
 
 def badges(page) -> list[str]:

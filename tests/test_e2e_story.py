@@ -14,11 +14,8 @@ import re
 import pytest
 from browser_support import (
     PAGE_TIMEOUT_MS,
-    app_server,
-    chromium,
     full_screenshot,
     open_page,
-    require_shipped,
     screenshot_dir,
     wait_settled,
 )
@@ -33,19 +30,6 @@ OVERFLOW_JS = """() => {
   const boxes = [document.documentElement, document.querySelector('[data-testid="stMain"]')].filter(Boolean);
   return boxes.map((el) => [el.scrollWidth, el.clientWidth]);
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, browser):
-    require_shipped()
-    with app_server(tmp_path_factory.mktemp("server")) as url:
-        yield url
 
 
 def assert_clean(page, errors: list[str]) -> None:
