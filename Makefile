@@ -11,6 +11,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m qshield_core.fusion_jit  # compile the hybrid head's kernels once (numba's cache)
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install everything

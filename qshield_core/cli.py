@@ -22,6 +22,7 @@ def command_line() -> str:
 
 
 def _add_train(sub) -> None:
+    from .adversarial_training import METHODS as ADVERSARIAL_METHODS
     from .models import GRAD_MODES
     from .noise import NOISE_KINDS
     from .quantum import ENCODINGS, ENTANGLEMENTS, NOISE_PLACEMENTS
@@ -47,6 +48,16 @@ def _add_train(sub) -> None:
                    "user_models/ or $QSHIELD_USER_MODELS for a design)")
     p.add_argument("--grad-mode", choices=GRAD_MODES, help="hybrids' gradient mode while training (default: "
                    "differentiable for a design with trainable layers, else paper)")
+    p.add_argument("--recipe", choices=("shipped", "scratch"), default="shipped", help="shipped: each model's own "
+                   "recipe (hybrids fine-tuned from the shipped CNN); scratch: the paper's, from scratch for every "
+                   "model (Adam 1e-3, weight decay 1e-4, batch 128, 2 epochs), for a variant name such as "
+                   "hybrid-full@scratch-s1")
+    a = p.add_argument_group("adversarial training (a variant name: --model classical@fgsm-at, then "
+                             "hybrid-full@fgsm-at from it)")
+    a.add_argument("--adversarial", choices=ADVERSARIAL_METHODS, help="train on PGD (Madry et al. 2018) or "
+                   "FGSM-with-random-start (Wong et al. 2020) examples of every batch")
+    a.add_argument("--adv-eps", type=parse_eps, help="their L-inf eps, e.g. 0.3 or 8/255 (default: the paper's)")
+    a.add_argument("--adv-steps", type=int, help="PGD's steps (default 10, step 2.5 eps / steps)")
     d = p.add_argument_group("circuit design (with --model hybrid; flags override the file's fields)")
     d.add_argument("--circuit", type=Path, help="a design file, e.g. designs/depth3-trainable-p0.05.json")
     d.add_argument("--name", help="the design's name (default: the file's 'name', else its file name)")
@@ -103,13 +114,25 @@ def design_from_args(args):
     return replace(design, circuit=circuit)
 
 
+def _adversarial(args) -> dict | None:
+    from .adversarial_training import AdversarialConfig
+    from .data import get_spec
+
+    if args.adversarial is None:
+        if args.adv_eps is not None or args.adv_steps is not None:
+            raise ValueError("--adv-eps and --adv-steps need --adversarial pgd or fgsm-rs.")
+        return None
+    eps = args.adv_eps if args.adv_eps is not None else get_spec(args.dataset).paper_eps
+    return AdversarialConfig.preset(args.adversarial, eps, args.adv_steps).to_dict()
+
+
 def _cmd_train(args) -> int:
     from .train import default_config, train
     from .zoo import user_model_name
 
     torch.set_num_threads(args.threads)
     recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  init_from=args.init_from, grad_mode=args.grad_mode)
+                  init_from=args.init_from, grad_mode=args.grad_mode, adversarial=_adversarial(args))
     data = {} if args.data is None else {"data": args.data}
     if args.model == "hybrid":
         design = design_from_args(args)
@@ -117,13 +140,13 @@ def _cmd_train(args) -> int:
         print(f"design {design.name}: {circuit.n_qubits} qubits, {circuit.encoding} encoding, {circuit.entanglement} "
               f"entanglement, depth {circuit.depth}{', trainable' if circuit.variational else ''}; "
               f"{circuit.describe_noise()}")
-        cfg = default_config(args.dataset, user_model_name(design.name), circuit=circuit.to_dict(),
+        cfg = default_config(args.dataset, user_model_name(design.name), recipe=args.recipe, circuit=circuit.to_dict(),
                              extra={"design": design.card_entry(), **data}, **recipe)
     else:
         given = [f"--{flag.replace('_', '-')}" for flag in DESIGN_FLAGS if getattr(args, flag) is not None]
         if given:
             raise ValueError(f"{', '.join(given)}: circuit designs train with --model hybrid (not {args.model}).")
-        cfg = default_config(args.dataset, args.model, extra=data, **recipe)
+        cfg = default_config(args.dataset, args.model, recipe=args.recipe, extra=data, **recipe)
     train(cfg, data_root=args.data_root, resume=args.resume, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
     return 0
 
@@ -295,6 +318,45 @@ def _add_table(sub) -> None:
     p.add_argument("--readme", type=Path, help="also update the summary tables between the <!-- qshield:NAME --> "
                    "markers of this file (e.g. README.md)")
     p.set_defaults(func=_cmd_table)
+
+
+STUDIES = ("design", "advtrain", "seed")
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="the table of a study (results/design-study.json, results/advtrain.json)",
+                       description="One row per model and mode: its seeds' mean and spread (clean, PGD-10, transfer, "
+                                   "AutoAttack, the per-point worst case) beside the CNN's, and whether it exceeds "
+                                   "the CNN beyond the intervals (qshield_core.studies). design: at the paper's eps "
+                                   "beside the shipped CNN; advtrain: at the training eps beside the defended CNN.")
+    p.add_argument("study", choices=STUDIES)
+    p.add_argument("json", nargs="+", type=Path, help="results file(s) of the study (merged)")
+    p.add_argument("--out", type=Path, help="write the Markdown here instead of printing")
+    p.add_argument("--readme", type=Path, help="also update the <!-- qshield:STUDY-study --> block of this file")
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args) -> int:
+    from .report import update_marked_blocks
+    from .studies import advtrain_markdown, design_study_markdown, seed_study_markdown
+
+    render = {"design": design_study_markdown, "advtrain": advtrain_markdown, "seed": seed_study_markdown}[args.study]
+    text = render(_merged_records(args.json))
+    if args.readme:  # checked before anything is written, so a bad --readme loses nothing
+        if not args.readme.is_file():
+            raise ValueError(f"File to update not found: {args.readme}")
+        updated = update_marked_blocks(args.readme.read_text(), {f"{args.study}-study": text})
+    body = f"# The {args.study} study\n\nRegenerate: `{command_line()}`\n\n{text}\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(body)
+        print(f"wrote {args.out}")
+    else:
+        print(body, end="")
+    if args.readme:
+        args.readme.write_text(updated)
+        print(f"updated the {args.study}-study block of {args.readme}")
+    return 0
 
 
 def _merged_records(paths: list[Path]) -> list[dict]:
@@ -513,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_grid(sub)
     _add_table(sub)
+    _add_study(sub)
     _add_claims(sub)
     _add_info(sub)
     _add_draw(sub)

@@ -21,9 +21,10 @@ Here each stage is one :class:`torch.autograd.Function`:
 MLP's batch-norm layers use their running statistics there); training runs the MLP's modules.
 
 :class:`HybridHead` goes further for the shipped circuits: encoder, circuit and fusion (everything
-after the CNN) as one node, forward and backward in NumPy, equal to the stage-by-stage path to
-rounding rather than bit for bit, so the hybrid uses it for recorded (attack) passes only
-(tests/test_fast_path.py).
+after the CNN) as one node, equal to the stage-by-stage path to rounding rather than bit for bit, so
+the hybrid uses it for recorded (attack) passes only (tests/test_fast_path.py). Its formulas are
+written here in NumPy (:func:`_head_forward`, :func:`_head_backward`: the reference) and run compiled
+(:mod:`qshield_core.fusion_jit`, tested equal to them to 1e-12).
 """
 
 from __future__ import annotations
@@ -351,6 +352,18 @@ class FusedHead(NamedTuple):
     transfer: np.ndarray  # (4^n, C): the product path's map, its class outcomes only
     centring: np.ndarray  # (C, C): x @ centring = x - mean(x)
     layers: tuple[FoldedLayer, ...]
+    kernel: tuple  # the layers as the compiled kernels take them (:func:`kernel_layers`)
+
+
+SIGMOID_CODE, LINEAR_CODE = -1.0, -2.0
+"""Activation codes of :func:`kernel_layers` (a leaky ReLU is its negative slope, in [0, 1))."""
+
+
+def kernel_layers(layers: Sequence[FoldedLayer]) -> tuple[tuple, tuple, np.ndarray]:
+    """The folded MLP as (weights, biases, activation codes) for :mod:`qshield_core.fusion_jit`."""
+    codes = np.array([SIGMOID_CODE if layer.activation == "sigmoid" else LINEAR_CODE if layer.activation is None
+                      else float(layer.activation) for layer in layers])
+    return tuple(layer.weight for layer in layers), tuple(layer.bias for layer in layers), codes
 
 
 def _float64(tensor: torch.Tensor) -> np.ndarray:
@@ -372,7 +385,7 @@ def fused_head(projection: torch.Tensor, transfer: torch.Tensor, mlp: nn.Sequent
         return None
     kept = _float64(transfer[:, :num_classes])
     centring = np.eye(num_classes) - 1 / num_classes
-    return FusedHead(projection_pair(_float64(projection)), kept, centring, layers)
+    return FusedHead(projection_pair(_float64(projection)), kept, centring, layers, kernel_layers(layers))
 
 
 def fold_mlp(mlp: nn.Sequential) -> tuple[FoldedLayer, ...] | None:
@@ -544,7 +557,8 @@ def _fuse_grad(grad: np.ndarray, stash: tuple, quantum: np.ndarray,
 
 
 def _head_forward(features: np.ndarray, head: FusedHead, projection: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """The hybrid's log-probabilities (B, C) from its CNN's logits (float64), and the backward's stash."""
+    """The hybrid's log-probabilities (B, C) from its CNN's logits (float64), and the backward's stash: the
+    reference of the compiled :func:`qshield_core.fusion_jit.head_forward`."""
     angles, encoded = _encode(features, head, projection)
     kept, circuit = _circuit(angles, head)
     total = np.add.reduce(kept, -1, keepdims=True)
@@ -561,7 +575,8 @@ def _head_forward(features: np.ndarray, head: FusedHead, projection: np.ndarray)
 
 def _head_backward(grad: np.ndarray, head: FusedHead, projection_t: np.ndarray, stash: tuple,
                    through_quantum: bool) -> np.ndarray:
-    """The logits' gradient; with ``through_quantum`` False the quantum probabilities count as constants."""
+    """The logits' gradient; with ``through_quantum`` False the quantum probabilities count as constants (the
+    reference of :func:`qshield_core.fusion_jit.head_backward`)."""
     encoded, circuit, quantum, total, floored, statistics, mlp, fusion = stash
     g_logits, g_quantum, g_alpha = _fuse_grad(grad, fusion, quantum, through_quantum)
     g_stacked = _statistics_grad(_mlp_backward(head.layers, g_alpha, mlp), statistics, head)
@@ -576,7 +591,9 @@ def _head_backward(grad: np.ndarray, head: FusedHead, projection_t: np.ndarray, 
 
 
 class HybridHead(torch.autograd.Function):
-    """The hybrid after its CNN (logits -> log-probabilities) as one node (section comment above).
+    """The hybrid after its CNN (logits -> log-probabilities) as one node (section comment above), computed by
+    the compiled kernels of :mod:`qshield_core.fusion_jit` (the formulas of :func:`_head_forward` and
+    :func:`_head_backward`, one machine-code loop per image; the backward recomputes the forward's intermediates).
 
     ``projection`` is this call's (C, 3n) projection and its transpose (:func:`projection_pair`);
     ``through_quantum`` False cuts the quantum branch from the gradient (the paper mode), True
@@ -586,16 +603,20 @@ class HybridHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cnn_logits: torch.Tensor, head: FusedHead, projection: tuple[np.ndarray, np.ndarray],
                 through_quantum: bool) -> torch.Tensor:
+        from .fusion_jit import head_forward
+
         features = cnn_logits.detach().numpy().astype(np.float64)
-        log_probs, ctx.stash = _head_forward(features, head, projection[0])
-        ctx.head, ctx.projection_t, ctx.through_quantum = head, projection[1], through_quantum
+        log_probs = head_forward(features, head, projection[0])
+        ctx.features, ctx.head, ctx.projection, ctx.through_quantum = features, head, projection[0], through_quantum
         return torch.from_numpy(log_probs if cnn_logits.dtype == torch.float64 else log_probs.astype(np.float32))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        g = _head_backward(grad.numpy().astype(np.float64), ctx.head, ctx.projection_t, ctx.stash,
-                           ctx.through_quantum)
+        from .fusion_jit import head_backward
+
+        g = head_backward(ctx.features, grad.numpy().astype(np.float64), ctx.head, ctx.projection,
+                          ctx.through_quantum)
         return torch.from_numpy(g if grad.dtype == torch.float64 else g.astype(np.float32)), None, None, None
 
 

@@ -2,7 +2,9 @@
 
 A grid file (TOML, e.g. ``grids/results.toml``) lists *stages*; each writes one results file and
 holds *runs*, each a product datasets x models x gradient modes x attacks x eps that
-:func:`qshield_core.evaluation.plan_cells` expands into cells, exactly as ``evaluate`` does.
+:func:`qshield_core.evaluation.plan_cells` expands into cells, exactly as ``evaluate`` does. Named
+sets of eps (``[eps]``) and of models (``[models]``: a run's ``models`` may name a set, e.g. the
+seeds of a study's designs) are defined once at the top.
 
 :func:`run_grid` submits every cell that its file does not already hold with today's attack
 parameters (:func:`qshield_core.evaluation.is_current`) as one Dask task. A task that raises is
@@ -65,7 +67,7 @@ WORKER_CONFIG = {
 """Dask settings of the local cluster's workers (``grids/dask.yaml`` holds the same for ``dask worker``)."""
 _RUN_KEYS = ("datasets", "models", "grad_modes", "attacks", "eps", "n", "steps")
 _STAGE_KEYS = ("name", "description", "out", "run", *_RUN_KEYS)
-_GRID_KEYS = ("seed", "source", "backend", "eps", "stage")
+_GRID_KEYS = ("seed", "source", "backend", "eps", "models", "stage")
 _SOURCES = ("auto", "test", "samples")
 
 
@@ -128,10 +130,14 @@ def load_grid(path: str | os.PathLike) -> Grid:
     eps_sets = data.get("eps", {})
     if not isinstance(eps_sets, dict):
         raise GridError(f"{path}: [eps] must be a table of named eps sets.")
+    model_sets = data.get("models", {})
+    if not isinstance(model_sets, dict):
+        raise GridError(f"{path}: [models] must be a table of named model lists.")
+    sets = {"eps": eps_sets, "models": {k: _strings(v, f"[models] {k}", str(path)) for k, v in model_sets.items()}}
     stages = data.get("stage")
     if not isinstance(stages, list) or not stages:
         raise GridError(f"{path}: no [[stage]] found.")
-    parsed = tuple(_stage(raw, i, eps_sets, path) for i, raw in enumerate(stages, 1))
+    parsed = tuple(_stage(raw, i, sets, path) for i, raw in enumerate(stages, 1))
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
         raise GridError(f"{path}: stage names repeat ({', '.join(names)}).")
@@ -148,7 +154,7 @@ def _check_keys(table: dict, known: Sequence[str], where: str) -> None:
         raise GridError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}.")
 
 
-def _stage(raw, index: int, eps_sets: dict, path: Path) -> Stage:
+def _stage(raw, index: int, sets: dict, path: Path) -> Stage:
     where = f"{path}, stage {index}"
     if not isinstance(raw, dict):
         raise GridError(f"{where}: a stage must be a table.")
@@ -169,11 +175,11 @@ def _stage(raw, index: int, eps_sets: dict, path: Path) -> Stage:
         if not isinstance(run, dict):
             raise GridError(f"{where}, run {i}: a run must be a table.")
         _check_keys(run, _RUN_KEYS, f"{where}, run {i}")
-        parsed.append(_run({**defaults, **run}, eps_sets, f"{where}, run {i}"))
+        parsed.append(_run({**defaults, **run}, sets, f"{where}, run {i}"))
     return Stage(name, Path(out), tuple(parsed), str(raw.get("description", "")))
 
 
-def _run(raw: dict, eps_sets: dict, where: str) -> Run:
+def _run(raw: dict, sets: dict, where: str) -> Run:
     for key in ("datasets", "models", "attacks", "n"):
         if key not in raw:
             raise GridError(f"{where}: needs {key}.")
@@ -182,9 +188,9 @@ def _run(raw: dict, eps_sets: dict, where: str) -> Run:
     except ValueError as err:
         raise GridError(f"{where}: {err}") from None
     steps = raw.get("steps")
-    return Run(datasets, _strings(raw["models"], "models", where),
+    return Run(datasets, _models(raw["models"], sets["models"], where),
                _strings(raw.get("grad_modes", ["paper"]), "grad_modes", where),
-               _strings(raw["attacks"], "attacks", where), _eps_table(raw.get("eps"), datasets, eps_sets, where),
+               _strings(raw["attacks"], "attacks", where), _eps_table(raw.get("eps"), datasets, sets["eps"], where),
                _int(raw["n"], "n", where, 1), None if steps is None else _int(steps, "steps", where, 1))
 
 
@@ -194,6 +200,12 @@ def _strings(value, key: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise GridError(f"{where}: {key} must be a non-empty list of names, got {value!r}.")
     return tuple(value)
+
+
+def _models(value, model_sets: dict[str, tuple[str, ...]], where: str) -> tuple[str, ...]:
+    """Model names, each name of a set under [models] replaced by the set's models (in order, once each)."""
+    names = _strings(value, "models", where)
+    return tuple(dict.fromkeys(m for name in names for m in model_sets.get(name, (name,))))
 
 
 def _int(value, key: str, where: str, low: int) -> int:

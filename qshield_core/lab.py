@@ -580,10 +580,16 @@ def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str
 # --------------------------------------------------------------------------- result frames
 
 
+STUDY_FILES = ("design-study.json", "advtrain.json")
+"""Results of the studies (their own models, their own points and n): shown by their own tables, not merged
+into the shipped models' cells, where a study's n = 500 CNN cell would stand for the CNN beside hybrids measured
+on 200 points."""
+
+
 def result_files(directory: Path | None = None) -> list[Path]:
-    """The JSON result files under ``results/`` (sorted)."""
+    """The JSON result files of the shipped models under ``results/`` (sorted; :data:`STUDY_FILES` left out)."""
     directory = Path(directory or RESULTS_DIR)
-    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return sorted(p for p in directory.glob("*.json") if p.name not in STUDY_FILES) if directory.is_dir() else []
 
 
 def load_results(directory: Path | None = None) -> tuple[list[dict], list[str]]:

@@ -31,9 +31,24 @@ BASELINES = ("classical", "dnn", "resnet18")
 paper's CNN (torchvision's ResNet-18, :mod:`qshield_core.resnet`)."""
 
 
+VARIANT_SEPARATOR = "@"
+
+
+def split_variant(model_name: str) -> tuple[str, str | None]:
+    """(base name, variant): ``("classical", "fgsm-at")`` for ``classical@fgsm-at``, a model of the base's
+    architecture trained another way (adversarially, say; its card says how); ``(model_name, None)`` without."""
+    base, separator, variant = model_name.partition(VARIANT_SEPARATOR)
+    return base, (variant if separator else None)
+
+
+def with_variant(model_name: str, variant: str | None) -> str:
+    return model_name if variant is None else f"{model_name}{VARIANT_SEPARATOR}{variant}"
+
+
 def split_backbone(model_name: str) -> tuple[str | None, str]:
     """(backbone, model on it): ``("resnet18", "classical")`` for ``resnet18``, ``("resnet18", "hybrid-full")``
-    for ``resnet18-hybrid-full``, ``(None, model_name)`` for every other name."""
+    for ``resnet18-hybrid-full``, ``(None, model_name)`` for every other name; a variant suffix is left out."""
+    model_name = split_variant(model_name)[0]
     for backbone in BACKBONES:
         if model_name == backbone:
             return backbone, "classical"
@@ -49,8 +64,9 @@ def is_hybrid_name(model_name: str) -> bool:
 
 def classical_of(model_name: str) -> str:
     """The classical model on the CNN a model is built on (a hybrid's transfer source, its ``init_from``):
-    ``resnet18`` for ``resnet18`` and ``resnet18-*``, ``classical`` for the others."""
-    return split_backbone(model_name)[0] or "classical"
+    ``resnet18`` for ``resnet18`` and ``resnet18-*``, ``classical`` for the others; a variant's is the same
+    variant of it (``classical@fgsm-at`` for ``hybrid-full@fgsm-at``)."""
+    return with_variant(split_backbone(model_name)[0] or "classical", split_variant(model_name)[1])
 
 
 class Normalize(nn.Module):

@@ -52,6 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import rng
+from .adversarial_training import AdversarialConfig, perturb, robustness_check
 from .data import (
     SAMPLES_INDEX,
     DatasetSpec,
@@ -72,11 +73,20 @@ from .models import (
     count_parameters,
     is_hybrid_name,
     split_backbone,
+    split_variant,
 )
 from .quantum import CircuitConfig, QuantumCircuitLayer
 from .resnet import card_fields as resnet_card_fields
 from .resnet import describe as describe_resnet
-from .zoo import ModelFiles, default_directory, is_builtin_name, load_weights_into, read_card, save_model
+from .zoo import (
+    ModelFiles,
+    default_directory,
+    is_builtin_name,
+    load_weights_into,
+    model_files,
+    read_card,
+    save_model,
+)
 
 CHECKPOINT_DIR = Path("checkpoints")
 DATA_SOURCES = ("dataset", "samples")
@@ -94,11 +104,16 @@ class TrainConfig:
     ``extra`` holds options outside the recipe; its keys are those of :data:`EXTRA_KEYS`.
     ``gaussian_sigma`` > 0 adds N(0, sigma^2) noise to every training input (after augmentation, not clipped):
     the base classifier of randomized smoothing (Cohen, Rosenfeld and Kolter, ICML 2019, section 4).
-    ``init_dir`` is where ``init_from`` is read (default: the output directory).
+    ``init_dir`` is where ``init_from`` is read (default: the output directory when it holds that model, else
+    found by name: pretrained/, then the user models).
     ``circuit`` is a hybrid's whole circuit design (``CircuitConfig.to_dict``; None: the paper's circuit
     for the model name), required for a ``hybrid-<design name>`` model. ``grad_mode`` is the hybrid's
     gradient mode during training: ``paper`` (the shipped recipe: no gradient through the circuit) or
-    ``differentiable`` (needed for trainable circuit layers to learn).
+    ``differentiable`` (needed for trainable circuit layers to learn). ``adversarial`` (an
+    :class:`~qshield_core.adversarial_training.AdversarialConfig` as a dict) trains on adversarial examples of
+    every batch; such a model is a variant of a shipped name (``classical@fgsm-at``), never the shipped one.
+    ``recipe`` names the recipe the run started from (:data:`RECIPE_NAMES`); any but ``shipped`` also needs a
+    variant name. ``scratch`` (:data:`SCRATCH_RECIPE`) trains with Adam at a constant rate over every parameter.
     """
 
     dataset: str
@@ -117,6 +132,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
     circuit: dict | None = None
     grad_mode: str = "paper"
+    adversarial: dict | None = None
+    recipe: str = "shipped"
 
     def __post_init__(self) -> None:
         if self.grad_mode not in GRAD_MODES:
@@ -126,10 +143,20 @@ class TrainConfig:
             if not is_hybrid_name(self.model):
                 raise ValueError(f"A circuit design needs a hybrid model, not {self.model!r}.")
             CircuitConfig.from_dict(self.circuit)
-        elif self.model.startswith("hybrid-") and not is_builtin_name(self.model):
+        elif self.model.startswith("hybrid-") and not is_builtin_name(split_variant(self.model)[0]):
             raise ValueError(f"Model {self.model!r} is a circuit design's name: give its circuit "
                              "(TrainConfig.circuit).")
-        if split_backbone(self.model)[0] is not None and self.model not in MODEL_NAMES:
+        if self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"Unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPE_NAMES)}.")
+        if self.adversarial is not None:
+            self.adversarial = AdversarialConfig.from_dict(self.adversarial).to_dict()
+            if split_variant(self.model)[1] is None:
+                raise ValueError(f"An adversarially trained model needs a variant name, e.g. {self.model}@fgsm-at, "
+                                 f"not the shipped name {self.model!r}.")
+        if self.recipe != "shipped" and split_variant(self.model)[1] is None:
+            raise ValueError(f"The {self.recipe} recipe needs a variant name, e.g. {self.model}@{self.recipe}-s0, not "
+                             f"the shipped name {self.model!r} (its recipe is the shipped one).")
+        if split_backbone(self.model)[0] is not None and split_variant(self.model)[0] not in MODEL_NAMES:
             raise ValueError(f"Model {self.model!r}: on a backbone this project trains only "
                              f"{', '.join(m for m in MODEL_NAMES if split_backbone(m)[0])}.")
         if self.epochs < 1 or self.batch_size < 1:
@@ -160,18 +187,34 @@ RECIPES: dict[tuple[str, str], dict] = {
 its 10 epochs: each sized to about 40 min on one core of this loaded 2-core machine (``bench/bench_resnet18.py``:
 1.2-3.3 s a step of 128 with the load, median 2.5 s; README "The paper's ResNet-18, trained from scratch")."""
 HYBRID_RECIPE = dict(epochs=1, lr=1e-3, weight_decay=1e-4, cnn_lr_scale=0.1)
+ADVERSARIAL_RECIPE = dict(epochs=3, lr=0.02)
+"""Adversarial training of a classical model: fine-tuned from the shipped one (SGD with a one-cycle schedule, as it
+was trained, at a fifth of its peak rate), 3 epochs on adversarial examples: sized to this machine, far shorter
+than Madry et al.'s runs (README "Adversarial training"). Its hybrid then takes the hybrid recipe from it."""
+SCRATCH_RECIPE = dict(epochs=2, batch_size=128, lr=1e-3, weight_decay=1e-4, augment="none", init_from=None,
+                      cnn_lr_scale=1.0, recipe="scratch")
+"""The paper's recipe from scratch for any model, hybrids included (its notebook: Adam at a constant 1e-3, weight
+decay 1e-4, batch 128, no augmentation; no model to start from): the seed study's (issue 14), with 2 epochs sized
+to this machine instead of the paper's 10 (README "The seed study")."""
+RECIPE_NAMES = ("shipped", "scratch")
 PAPER_OPTIMISER_MODELS = ("dnn", "resnet18")
 """Models trained as the paper's notebook trains them: Adam at a constant learning rate (:func:`make_optimizer`)."""
 
 
-def default_config(dataset: str, model: str, **overrides) -> TrainConfig:
-    """The recipe for (dataset, model), with any overrides (None values are ignored)."""
+def default_config(dataset: str, model: str, recipe: str = "shipped", **overrides) -> TrainConfig:
+    """The recipe for (dataset, model), with any overrides (None values are ignored); ``recipe="scratch"``:
+    :data:`SCRATCH_RECIPE` for every model (a variant name)."""
     dataset = get_spec(dataset).name
-    hybrid, backbone = is_hybrid_name(model), split_backbone(model)[0]
-    if not hybrid and (dataset, model) not in RECIPES:
+    hybrid, backbone, base = is_hybrid_name(model), split_backbone(model)[0], split_variant(model)[0]
+    if recipe == "scratch":
+        return TrainConfig(dataset=dataset, model=model, **dict(SCRATCH_RECIPE, **{
+            k: v for k, v in overrides.items() if v is not None}))
+    if not hybrid and (dataset, base) not in RECIPES:
         raise ValueError(f"No training recipe for model {model!r}; choose classical, dnn, resnet18, "
                          "hybrid-<entanglement> or resnet18-hybrid-full.")
-    recipe = dict(HYBRID_RECIPE, init_from=classical_of(model)) if hybrid else RECIPES[(dataset, model)]
+    recipe = dict(HYBRID_RECIPE, init_from=classical_of(model)) if hybrid else RECIPES[(dataset, base)]
+    if overrides.get("adversarial") is not None and not hybrid:  # fine-tuned from the shipped CNN
+        recipe = dict(recipe, **ADVERSARIAL_RECIPE, init_from=base)
     if hybrid and backbone is not None:  # its CNN's data pipeline: for the paper's ResNet-18, no augmentation
         cnn = RECIPES[(dataset, backbone)]
         recipe = dict(recipe, augment=cnn["augment"], label_smoothing=cnn.get("label_smoothing", 0.0))
@@ -330,7 +373,7 @@ def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids; the DNN and the
     ResNet-18 as the paper trains them: Adam at a constant learning rate, weight decay (L2) on every parameter."""
-    if cfg.model in PAPER_OPTIMISER_MODELS:
+    if split_variant(cfg.model)[0] in PAPER_OPTIMISER_MODELS or cfg.recipe == "scratch":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     if isinstance(model, QShieldHybrid):
@@ -494,6 +537,9 @@ def fit(cfg: TrainConfig, data_root: str | None = None, resume: bool = False, ou
             progress.epoch = epoch + 1
             progress.history.append({"epoch": epoch + 1, "train_loss": round(loss, 4), "train_accuracy": round(acc, 4),
                                      "seconds": round(progress.elapsed, 1)})
+            if cfg.adversarial is not None:  # catastrophic overfitting shows here (adversarial_training)
+                progress.history[-1]["robust_check"] = robustness_check(
+                    model, data.test.images, data.test.labels, cfg.adversarial["eps"], cfg.seed)
             _save_checkpoint(ckpt, cfg, model, opt, sched, progress, gen)
             log(json.dumps(progress.history[-1]))
     card = _evaluate_for_card(model, cfg, spec, data, progress, init_card)
@@ -513,12 +559,19 @@ def _initial_model(cfg: TrainConfig, spec: DatasetSpec, out_dir: Path | None, lo
         circuit = None if cfg.circuit is None else CircuitConfig.from_dict(cfg.circuit)
         model = build_model(spec.name, cfg.model, circuit=circuit, grad_mode=cfg.grad_mode, backend="fast")
         init_weights(model, torch.Generator().manual_seed(cfg.seed))
-        init_dir = Path(cfg.init_dir) if cfg.init_dir else out_dir
+        init_dir = Path(cfg.init_dir) if cfg.init_dir else _init_directory(spec.name, cfg.init_from, out_dir)
         init_card = load_weights_into(model, spec.name, cfg.init_from, init_dir) if cfg.init_from else None
     if init_card is not None:
         log(f"initialised the CNN from {spec.name}-{cfg.init_from} ({init_card['weights_sha256'][:12]})")
     model = model.to(memory_format=torch.channels_last) if spec.channels == 3 else model
     return model, init_card
+
+
+def _init_directory(dataset: str, init_from: str | None, out_dir: Path | None) -> Path | None:
+    """Where ``init_from`` is read: the output directory when it holds that model, else found by name (None)."""
+    if init_from is None or out_dir is None or not model_files(dataset, init_from, Path(out_dir)).card.is_file():
+        return None
+    return Path(out_dir)
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -531,6 +584,7 @@ def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, st
     """One epoch; the forward pass of global step k runs in ``rng.seeded(derived_seed(seed, ..., k))``.
     ``cancel`` is checked before each step, ``on_step(done, total)`` called after it (see :func:`fit`)."""
     model.train()
+    adversarial = None if cfg.adversarial is None else AdversarialConfig.from_dict(cfg.adversarial)
     order = torch.randperm(len(split), generator=gen)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=f"{cfg.dataset}-{cfg.model} epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -544,6 +598,8 @@ def _train_epoch(model, split: ImageSplit, cfg: TrainConfig, opt, sched, gen, st
         if images.shape[1] == 3:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = split.labels[idx]
+        if adversarial is not None:
+            images = perturb(model, images, labels, adversarial, gen)
         with rng.seeded(derived_seed(cfg.seed, _STEP, epoch * steps + step)):
             outputs = model(images)
         loss = loss_fn(model, outputs, labels, cfg.label_smoothing)
@@ -591,6 +647,9 @@ def _evaluate_for_card(model, cfg: TrainConfig, spec: DatasetSpec, data: Trainin
         "command": "python -m qshield_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
         else f"python -m qshield_core train --dataset {spec.name} --model {cfg.model}",
     }
+    if cfg.adversarial is not None:
+        card["adversarial_training"] = dict(cfg.adversarial,
+                                            description=AdversarialConfig.from_dict(cfg.adversarial).describe())
     if not test_split.exact:
         card["data"]["note"] = "CIFAR-10 JPEG re-encoding: pixel values differ slightly from the original."
     if isinstance(model, QShieldHybrid):
@@ -619,12 +678,19 @@ def _evaluate_for_card(model, cfg: TrainConfig, spec: DatasetSpec, data: Trainin
     return card
 
 
-def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, paper_accuracy: float, init_card) -> dict:
-    model.grad_mode = "differentiable"
-    diff_acc = float((predict(model, test_split.images, desc="test (differentiable)", seed=cfg.seed)
-                      == test_split.labels).float().mean())
+def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, accuracy: float, init_card) -> dict:
+    """The hybrid's card fields; ``accuracy`` is its test accuracy in the mode it was trained in, and the other
+    mode's is measured here; the mean fusion weight alpha in the differentiable mode (its fixed projection). The
+    model is left in its training mode."""
+    by_mode = {cfg.grad_mode: accuracy}
+    for mode in GRAD_MODES:
+        if mode not in by_mode:
+            model.grad_mode = mode
+            by_mode[mode] = float((predict(model, test_split.images, desc=f"test ({mode})", seed=cfg.seed)
+                                   == test_split.labels).float().mean())
+    model.grad_mode = "differentiable"  # the fixed projection: alpha draws nothing
     alpha = mean_alpha(model, test_split.images)
-    model.grad_mode = "paper"
+    model.grad_mode = cfg.grad_mode
     fields_ = {} if "design" not in cfg.extra else {"design": cfg.extra["design"]}
     return {
         **fields_,
@@ -633,8 +699,7 @@ def _hybrid_card_fields(model: QShieldHybrid, cfg, test_split, paper_accuracy: f
         "projection_seed": 0,
         "backend": model.backend,
         "trained_grad_mode": cfg.grad_mode,
-        "clean_test_accuracy_by_grad_mode": {"paper": round(paper_accuracy, 4),
-                                             "differentiable": round(diff_acc, 4)},
+        "clean_test_accuracy_by_grad_mode": {mode: round(by_mode[mode], 4) for mode in GRAD_MODES},
         "mean_alpha_test": round(alpha, 4),
         "init_from": None if init_card is None else {
             "model": f"{init_card['dataset']}-{init_card['model']}",

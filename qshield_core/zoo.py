@@ -25,7 +25,7 @@ from torch import nn
 from . import rng
 from .data import REPO_ROOT, get_spec
 from .hashing import file_digest
-from .models import MODEL_NAMES, QShieldHybrid, build_model, split_backbone
+from .models import MODEL_NAMES, QShieldHybrid, build_model, split_backbone, split_variant
 from .quantum import ENTANGLEMENTS, CircuitConfig
 
 PRETRAINED_DIR = Path(os.environ.get("QSHIELD_PRETRAINED", REPO_ROOT / "pretrained"))
@@ -51,6 +51,13 @@ def is_builtin_name(model_name: str) -> bool:
                                          and model_name.removeprefix("hybrid-") in ENTANGLEMENTS)
 
 
+def is_variant_name(model_name: str) -> bool:
+    """``<shipped name>@<variant>``: a shipped architecture trained another way (e.g. adversarially); saved apart
+    from the shipped models, like a design."""
+    base, variant = split_variant(model_name)
+    return variant is not None and is_builtin_name(base) and bool(NAME_PATTERN.fullmatch(variant))
+
+
 def user_model_name(design_name: str) -> str:
     """The model name of a user design: ``hybrid-<design name>``; refuses unsafe names and shipped ones."""
     name = design_name if design_name.startswith("hybrid-") else f"hybrid-{design_name}"
@@ -62,10 +69,13 @@ def user_model_name(design_name: str) -> str:
 
 
 def _check_name(model_name: str) -> None:
+    if is_variant_name(model_name):
+        return
     if (model_name not in MODEL_NAMES and not model_name.startswith("hybrid-")) or not NAME_PATTERN.fullmatch(
             model_name.removeprefix("hybrid-")):
-        raise ModelUnavailableError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}, or "
-                                    "hybrid-<design name> for a model trained from a circuit design.")
+        raise ModelUnavailableError(f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}, "
+                                    "hybrid-<design name> for a model trained from a circuit design, or "
+                                    "<shipped name>@<variant> for one trained another way (e.g. adversarially).")
 
 
 def default_directory(model_name: str) -> Path:

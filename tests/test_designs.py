@@ -11,8 +11,9 @@ import torch
 from qshield_core import train as train_module
 from qshield_core import zoo
 from qshield_core.cli import build_parser, design_from_args, main
+from qshield_core.data import get_spec
 from qshield_core.designs import Design, design_to_json, load_design
-from qshield_core.models import build_model
+from qshield_core.models import build_model, hybrid_circuit_for
 from qshield_core.quantum import CircuitConfig
 
 DESIGNS = sorted((Path(__file__).resolve().parents[1] / "designs").glob("*.json"))
@@ -29,6 +30,9 @@ def test_shipped_design_files_resolve_without_the_calibration_package(path):
     design = load_design(path)
     assert design.name == path.stem and design.description
     config = design.config_for("mnist")
+    if path.stem == "paper-full":  # the paper's circuit, trained over seeds by the design study
+        assert config == hybrid_circuit_for("hybrid-full", get_spec("mnist"))
+        return
     assert (config.n_qubits, config.depth, config.variational, config.entanglement) == (4, 3, True, "full")
     assert CircuitConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     if "device" in path.stem:

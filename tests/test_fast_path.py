@@ -206,3 +206,24 @@ def test_circuit_config_default_is_what_the_fused_head_serves():
     """The shipped circuits: enhanced encoding, no trainable rotations, exact probabilities."""
     config = CircuitConfig.for_classes(10)
     assert config.encoding == "enhanced" and not config.variational and config.shots is None
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_the_compiled_head_computes_the_numpy_formulas(dataset):
+    """fusion_jit's kernels against fusion_ops' NumPy head (its reference), float64 weights: to 1e-12, values and
+    gradients, both gradient modes, one image and a batch."""
+    from qshield_core import fusion_jit
+
+    model = frozen_hybrid(dataset, "differentiable")
+    for n in (1, 6):
+        logits = model.cnn(images(dataset, n)).detach().requires_grad_(True)
+        head = model.fused_head(logits)
+        features = logits.detach().numpy()
+        expected, stash = fusion_ops._head_forward(features, head, head.projection[0])
+        np.testing.assert_allclose(fusion_jit.head_forward(features, head, head.projection[0]), expected,
+                                   atol=1e-12, rtol=0)
+        cotangent = np.random.default_rng(n).normal(size=expected.shape)
+        for through in (True, False):
+            np.testing.assert_allclose(
+                fusion_jit.head_backward(features, cotangent, head, head.projection[0], through),
+                fusion_ops._head_backward(cotangent, head, head.projection[1], stash, through), atol=1e-12, rtol=0)

@@ -131,7 +131,26 @@ n = 5
     assert {j.out for j in only} == {tmp_path / "o" / "a.json"}
 
 
+def test_model_sets_expand_in_order_once_each(tmp_path):
+    text = """
+[models]
+pair = ["hybrid-full", "classical"]
+[[stage]]
+name = "a"
+out = "a.json"
+datasets = ["mnist"]
+n = 10
+[[stage.run]]
+models = ["classical", "pair"]
+attacks = ["none"]
+"""
+    g = grid.load_grid(write_grid(tmp_path, text))
+    assert g.stages[0].runs[0].models == ("classical", "hybrid-full")
+    assert [j.cell.model for j in grid.plan(g, source="samples")] == ["classical", "hybrid-full"]
+
+
 @pytest.mark.parametrize(("text", "message"), [
+    ("models = ['classical']\n[[stage]]\nname='a'\nout='a.json'\n", "[models] must be a table"),
     ("[[stage]]\nname='a'\nout='a.json'\n[[stage.run]]\ndatasets=['mnist']\nmodels=['classical']\n"
      "attacks=['fgsm']\nn=10\nmodles=['x']\n", "unknown key(s) modles"),
     ("[[stage]]\nname='a'\nout='a.json'\n[[stage.run]]\ndatasets=['mnist']\nmodels=['classical']\n"

@@ -16,7 +16,7 @@ from qshield_core.designs import Design
 from qshield_core.evaluation import runner
 from qshield_core.models import QShieldHybrid, build_model, is_hybrid_name
 from qshield_core.quantum import CircuitConfig
-from qshield_core.train import default_config, fit, init_weights, make_optimizer
+from qshield_core.train import default_config, fit, init_weights, make_optimizer, predict
 from qshield_core.zoo import (
     PRETRAINED_DIR,
     ModelUnavailableError,
@@ -244,13 +244,19 @@ def test_a_trained_design_is_saved_apart_loads_by_name_and_is_refused_when_tampe
     assert CircuitConfig.from_dict(card["circuit"]) == circuit == result.model.circuit_config
     assert card["design"] == design.card_entry() and card["trained_grad_mode"] == "differentiable"
     assert "noise once after the last layer" in card["noise_description"]
+    images, labels = load_samples("mnist")
+    assert result.model.grad_mode == "differentiable"  # left in the mode it was trained in
+    for mode in ("differentiable", "paper"):  # each mode's accuracy measured in that mode, as predict sees it
+        result.model.grad_mode = mode
+        measured = float((predict(result.model, images, seed=cfg.seed) == labels).float().mean())
+        assert card["clean_test_accuracy_by_grad_mode"][mode] == round(measured, 4)
+    assert card["clean_test_accuracy"] == card["clean_test_accuracy_by_grad_mode"]["differentiable"]
     initial = init_weights(build_model("mnist", name, circuit=circuit), torch.Generator().manual_seed(cfg.seed))
     assert not torch.equal(initial.quantum.weights, result.model.quantum.weights)  # the circuit's layers trained
 
     assert name in user_models("mnist") and name not in available_models("mnist")
     loaded, loaded_card = load_model("mnist", name, grad_mode="differentiable")  # by name alone
     assert loaded_card == card
-    images, _ = load_samples("mnist")
     result.model.grad_mode = "differentiable"
     with torch.no_grad():
         assert torch.equal(loaded(images), result.model(images))

@@ -1,0 +1,247 @@
+"""Study reports over training seeds: one row per design (or model), its seeds' mean and spread beside the CNN.
+
+A study model is named ``<model>-s<seed>`` (e.g. ``hybrid-depth3-trainable-p0.05-s1``, trained by
+``scripts/design_study.sh``); its records are those of :mod:`qshield_core.evaluation`, all on the same
+seeded points. For each seed the report takes, at the dataset's paper eps:
+
+- the clean accuracy, the paper-protocol PGD-10's attack success rate, the transfer attack's robust accuracy;
+- AutoAttack's robust accuracy (the ``rand`` version for a randomised model, where the grid runs it);
+- the **per-point worst case** over every attack the seed's model met (:func:`~qshield_core.evaluation.worst_case`:
+  a point counts as robust only if it survived all of them), and its difference from the CNN's worst case on
+  the same points, with Newcombe's 95 % interval (:func:`~qshield_core.evaluation.difference_interval`; it
+  treats the two samples as independent, which is conservative for the same points).
+
+A design "exceeds the CNN beyond the intervals" when that interval lies above 0 for every seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .data import get_spec
+from .evaluation import WorstCase, difference_interval, select_records, spread, worst_case
+from .evaluation import format_interval as _ci
+from .evaluation import format_percent as _pct
+
+SEED_NAME = re.compile(r"^(?P<model>.+)-s(?P<seed>\d+)$")
+BASELINE = "classical"
+AUTOATTACKS = ("autoattack", "autoattack-rand")
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One trained model of a study at the paper's eps (None: its cell has not run)."""
+
+    model: str
+    seed: int | None
+    grad_mode: str | None
+    clean: float | None
+    pgd_asr: float | None
+    transfer: float | None
+    autoattack: dict | None
+    worst: WorstCase | None
+
+    @property
+    def randomised(self) -> bool:
+        return self.autoattack is not None and self.autoattack["attack"] == "autoattack-rand"
+
+
+def split_seed(model: str) -> tuple[str, int | None]:
+    """``hybrid-x-s2`` -> (``hybrid-x``, 2); a name without a seed suffix -> (name, None)."""
+    match = SEED_NAME.fullmatch(model)
+    return (match["model"], int(match["seed"])) if match else (model, None)
+
+
+def _at_eps(records: Sequence[dict], dataset: str, eps: float) -> list[dict]:
+    """One dataset's records at ``eps``, with its clean records (no eps)."""
+    return [r for r in records if r["dataset"] == dataset and (r.get("eps") is None or abs(r["eps"] - eps) < 1e-9)]
+
+
+def seed_result(records: Sequence[dict]) -> SeedResult:
+    """The figures of one model's records (one dataset, one gradient mode)."""
+    by_attack = {r["attack"]: r for r in select_records(records).values()}
+    clean = by_attack.get("none")
+    pgd, transfer = by_attack.get("pgd"), by_attack.get("transfer-classical")
+    autoattack = next((by_attack[a] for a in reversed(AUTOATTACKS) if a in by_attack), None)
+    attacked = [r for a, r in by_attack.items() if a != "none"]
+    model, seed = split_seed(records[0]["model"])
+    return SeedResult(model, seed, records[0].get("grad_mode"), None if clean is None else clean["clean_accuracy"],
+                      None if pgd is None else pgd["asr"], None if transfer is None else transfer["robust_accuracy"],
+                      autoattack, worst_case(attacked) if attacked else None)
+
+
+def study_results(records: Sequence[dict], dataset: str,
+                  baseline: str = BASELINE) -> dict[tuple[str, str | None], list[SeedResult]]:
+    """Per (base model name without its seed suffix, gradient mode), its seeds' results in seed order; the
+    baseline first."""
+    at_eps = [r for r in records if r["dataset"] == dataset and (r.get("points") or {}).get("kind", "test") == "test"]
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for r in at_eps:
+        groups.setdefault((r["model"], r.get("grad_mode")), []).append(r)
+    rows: dict[tuple[str, str | None], list[SeedResult]] = {}
+    for group in groups.values():
+        result = seed_result(group)
+        rows.setdefault((result.model, result.grad_mode), []).append(result)
+    order = sorted(rows, key=lambda k: (k[0] != baseline, k[0], k[1] or ""))
+    return {k: sorted(rows[k], key=lambda s: -1 if s.seed is None else s.seed) for k in order}
+
+
+def difference_from(result: SeedResult, baseline: SeedResult | None) -> tuple[float, tuple[float, float]] | None:
+    """The worst-case robust accuracy minus the baseline's, and its 95 % interval (None if either is missing)."""
+    if result.worst is None or baseline is None or baseline.worst is None:
+        return None
+    a, b = result.worst, baseline.worst
+    k_a, k_b = round(a.robust_accuracy * a.n), round(b.robust_accuracy * b.n)
+    return a.robust_accuracy - b.robust_accuracy, difference_interval(k_a, a.n, k_b, b.n)
+
+
+def verdict(differences: Sequence[tuple[float, tuple[float, float]] | None]) -> str:
+    """Above / below / within the CNN, decided on the intervals of every seed."""
+    found = [d for d in differences if d is not None]
+    if not found:
+        return "-"
+    if len(found) < len(differences):
+        return f"pending ({len(found)} of {len(differences)} seeds)"
+    if all(lo > 0 for _, (lo, _) in found):
+        return "**above**, every seed"
+    if all(hi < 0 for _, (_, hi) in found):
+        return "below, every seed"
+    above = sum(lo > 0 for _, (lo, _) in found)
+    return "no: within" + (f" ({above} of {len(found)} seeds above)" if above else "")
+
+
+def _mean_sd(values: Sequence[float | None], ci: Sequence[float] | None = None) -> str:
+    """"mean +- sd (k seeds)" over the seeds that have the value; one value with its interval."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return "-"
+    if len(found) == 1:
+        return f"{_pct(found[0])}" + (f" {_ci(ci)}" if ci else "")
+    s = spread(found)
+    return f"{_pct(s['mean'])} ± {_pct(s['std'])}"
+
+
+def _row(name: str, seeds: list[SeedResult], baseline: SeedResult | None, is_baseline: bool) -> list[str]:
+    one = len(seeds) == 1
+    aa = [s.autoattack for s in seeds]
+    aa_text = _mean_sd([None if r is None else r["robust_accuracy"] for r in aa],
+                       aa[0]["robust_accuracy_ci"] if one and aa[0] else None)
+    if any(s.randomised for s in seeds):
+        aa_text += " (rand)"
+    worst = [s.worst for s in seeds]
+    worst_text = _mean_sd([None if w is None else w.robust_accuracy for w in worst],
+                          worst[0].robust_accuracy_ci if one and worst[0] else None)
+    diffs = [] if is_baseline else [difference_from(s, baseline) for s in seeds]
+    diff_text = "-" if not diffs else "; ".join(
+        "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
+    mode = seeds[0].grad_mode or "-"
+    return [name.removeprefix("hybrid-"), mode, str(len(seeds)), _mean_sd([s.clean for s in seeds]),
+            _mean_sd([s.pgd_asr for s in seeds]), _mean_sd([s.transfer for s in seeds]), aa_text, worst_text,
+            diff_text, verdict(diffs) if diffs else "baseline"]
+
+
+HEADER = ["model", "mode", "seeds", "clean %", "PGD-10 ASR %", "transfer robust %", "AutoAttack robust %",
+          "worst case robust %", "worst case - CNN, per seed (points) [95 %]", "above the CNN?"]
+
+
+def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE) -> str:
+    """The Markdown table of one dataset at ``eps`` (default: the paper's) (:data:`HEADER`); "" without records."""
+    from .report import markdown_table
+
+    spec = get_spec(dataset)
+    eps = spec.paper_eps if eps is None else eps
+    results = study_results(_at_eps(records, dataset, eps), dataset, baseline)
+    if not results:
+        return ""
+    reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
+    n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
+    rows = [_row(model.removeprefix("hybrid-"), seeds, reference, model == baseline)
+            for (model, _), seeds in results.items()]
+    title = (f"**{spec.display_name}**, eps = {eps * 255:.3g}/255, "
+             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
+    return title + "\n\n" + markdown_table(HEADER, rows)
+
+
+def _legend(baseline: str, attacks: str) -> str:
+    return ("Mean ± standard deviation over the seeds that have run (one value: with its 95 % Wilson interval). "
+            f"*Worst case*: a point counts as robust only if it survived every attack its model met ({attacks}). "
+            f"*Above the CNN?*: whether each seed's worst case exceeds {baseline}'s on the same points beyond "
+            "Newcombe's 95 % interval of the difference (independent-samples form: conservative for shared points).")
+
+
+def design_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "organamnist")) -> str:
+    """Both datasets' tables at the paper's eps, and how to read them."""
+    tables = [t for t in (study_table(records, d) for d in datasets) if t]
+    if not tables:
+        return "No design-study records yet: `bash scripts/design_study.sh`."
+    legend = ("Each model is attacked in the mode it was trained in. "
+              + _legend("the shipped CNN", "PGD-10, transfer from the CNN, AutoAttack"))
+    return "\n\n".join([*tables, legend])
+
+
+ADVTRAIN_EPS = {"mnist": 0.3, "organamnist": 8 / 255}
+"""The eps the adversarial-training study trains and attacks at (grids/advtrain.toml)."""
+ADVTRAIN_BASELINE = "classical@fgsm-at"
+
+
+def advtrain_markdown(records: Sequence[dict]) -> str:
+    """The adversarially trained CNN beside its hybrid in both gradient modes, per dataset at its training eps."""
+    tables = [t for t in (study_table(records, d, eps, ADVTRAIN_BASELINE) for d, eps in ADVTRAIN_EPS.items()) if t]
+    if not tables:
+        return "No adversarial-training records yet: `bash scripts/advtrain_study.sh`."
+    return "\n\n".join([*tables, _legend("the adversarially trained CNN",
+                                          "PGD-10, transfer from the defended CNN, AutoAttack")])
+
+
+SEED_BASELINE = "classical@scratch"
+PAPER_ORDER = ("hybrid-none@scratch", "hybrid-linear@scratch", "hybrid-star@scratch", "hybrid-full@scratch")
+"""The paper's single-run ordering of PGD's attack success rate on MNIST: none > linear > star > full."""
+
+
+def ordering_check(results: dict[tuple[str, str | None], list[SeedResult]],
+                   order: Sequence[str] = PAPER_ORDER) -> list[tuple[str, str, float, tuple[float, float]] | None]:
+    """For each neighbouring pair of ``order``: (first, second, difference of the mean PGD ASR over seeds, Welch's
+    95 % interval of it); None where a pair lacks two seeds each. The ordering stands outside the seed-to-seed
+    spread where every interval lies above 0."""
+    from scipy import stats
+
+    by_model = {model: [s.pgd_asr for s in seeds if s.pgd_asr is not None] for (model, _), seeds in results.items()}
+    out = []
+    for first, second in itertools.pairwise(order):
+        a, b = by_model.get(first, []), by_model.get(second, [])
+        if len(a) < 2 or len(b) < 2:
+            out.append(None)
+            continue
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        out.append((first, second, float(sum(a) / len(a) - sum(b) / len(b)),
+                    (float(interval.low), float(interval.high))))
+    return out
+
+
+def _ordering_text(pairs: list) -> str:
+    found = [p for p in pairs if p is not None]
+    if not found:
+        return "The paper's ordering: not enough seeds yet (two per model at least)."
+    parts = [f"{a.split('@')[0].removeprefix('hybrid-')} - {b.split('@')[0].removeprefix('hybrid-')}: "
+             f"{100 * d:+.1f} {_ci(ci)}" for a, b, d, ci in found]
+    stands = len(found) == len(pairs) and all(ci[0] > 0 for _, _, _, ci in found)
+    verdict = ("stands outside the seed-to-seed spread" if stands else
+               "does not stand outside the seed-to-seed spread" if len(found) == len(pairs) else "pending")
+    return (f"The paper's ordering of PGD ASR (none > linear > star > full), difference of means with Welch's 95 % "
+            f"interval over seeds, points: {'; '.join(parts)}. It {verdict}.")
+
+
+def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "organamnist")) -> str:
+    """Per dataset at the paper's eps: each model's seeds beside the CNN's, and the ordering check."""
+    parts = []
+    for dataset in datasets:
+        table = study_table(records, dataset, baseline=SEED_BASELINE)
+        if table:
+            results = study_results(_at_eps(records, dataset, get_spec(dataset).paper_eps), dataset, SEED_BASELINE)
+            parts += [table, _ordering_text(ordering_check(results))]
+    if not parts:
+        return "No seed-study records yet: `bash scripts/seed_study.sh`."
+    return "\n\n".join([*parts, _legend("the CNN trained the same way", "PGD-10, AutoAttack")])

@@ -1,0 +1,154 @@
+"""The study report over seeds (qshield_core.studies) and its command, on hand-made per-point records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qshield_core.cli import main
+from qshield_core.evaluation import pack_bits, save_results, wilson_interval
+from qshield_core.studies import (
+    ADVTRAIN_EPS,
+    advtrain_markdown,
+    design_study_markdown,
+    seed_study_markdown,
+    split_seed,
+    study_results,
+    study_table,
+    verdict,
+)
+
+N = 500
+EPS = 32 / 255  # MNIST's paper eps
+
+
+def record(model: str, attack: str, robust: set[int], mode: str | None = None, correct: set[int] | None = None,
+           dataset: str = "mnist") -> dict:
+    """A record on points 0..N-1: ``correct`` classified right before (default all), ``robust`` also after."""
+    correct = set(range(N)) if correct is None else correct
+    clean = np.array([i in correct for i in range(N)])
+    adv = np.array([i in robust for i in range(N)]) & clean
+    k_clean, k_adv = int(clean.sum()), int(adv.sum())
+    per_point = {"clean_correct": pack_bits(clean)}
+    if attack != "none":
+        per_point["adv_correct"] = pack_bits(adv)
+    return {"key": f"{dataset}/{model}/{mode or '-'}/{attack}/n={N}", "dataset": dataset, "model": model,
+            "grad_mode": mode, "attack": attack, "eps": None if attack == "none" else EPS, "n": N,
+            "clean_accuracy": k_clean / N, "robust_accuracy": k_adv / N,
+            "robust_accuracy_ci": list(wilson_interval(k_adv, N)),
+            "asr": None if attack == "none" else (k_clean - k_adv) / k_clean,
+            "points": {"kind": "test", "indices": list(range(N))}, "per_point": per_point}
+
+
+def design(name: str, seed: int, pgd: set[int], aa: set[int], transfer: set[int] | None = None) -> list[dict]:
+    model = f"hybrid-{name}-s{seed}"
+    mode = "differentiable"
+    return [record(model, "none", set(), mode), record(model, "pgd", pgd, mode),
+            record(model, "transfer-classical", set(range(N)) if transfer is None else transfer, mode),
+            record(model, "autoattack", aa, mode)]
+
+
+CNN = [record("classical", "none", set()), record("classical", "pgd", set(range(100))),
+       record("classical", "autoattack", set(range(50)))]
+
+
+def test_seed_names_split():
+    assert split_seed("hybrid-depth3-trainable-p0.05-s12") == ("hybrid-depth3-trainable-p0.05", 12)
+    assert split_seed("classical") == ("classical", None)
+    assert split_seed("hybrid-s-shaped") == ("hybrid-s-shaped", None)
+
+
+def test_the_worst_case_is_taken_per_point_over_every_attack_of_a_seed():
+    # PGD leaves points 0-99 robust, AutoAttack 50-149: each alone leaves 100, together only 50-99 survive
+    records = CNN + design("x", 0, pgd=set(range(100)), aa=set(range(50, 150)))
+    results = study_results(records, "mnist")
+    assert list(results) == [("classical", None), ("hybrid-x", "differentiable")]
+    seed = results[("hybrid-x", "differentiable")][0]
+    assert seed.seed == 0 and seed.clean == 1.0 and seed.pgd_asr == pytest.approx(0.8)
+    assert seed.autoattack["robust_accuracy"] == pytest.approx(0.2)
+    assert seed.worst.robust_accuracy == pytest.approx(50 / N) and seed.worst.n == N
+    cnn = results[("classical", None)][0]
+    assert cnn.worst.robust_accuracy == pytest.approx(50 / N)  # AutoAttack's 0-49 within PGD's
+
+
+def test_a_design_is_above_the_cnn_only_when_every_seed_is_beyond_the_interval():
+    strong = [r for s in range(3) for r in design("strong", s, pgd=set(range(300)), aa=set(range(250)))]
+    mixed = [r for s, k in enumerate((250, 55, 60)) for r in design("mixed", s, pgd=set(range(k)), aa=set(range(k)))]
+    results = study_results(CNN + strong + mixed, "mnist")
+    text = design_study_markdown(CNN + strong + mixed)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "**above**, every seed" in rows["strong"] and "+40.0" in rows["strong"]
+    assert "no: within (1 of 3 seeds above)" in rows["mixed"]
+    assert "50.0 ± 0.0" in rows["strong"]  # AutoAttack: 250 of 500 on each seed
+    assert rows["classical"].rstrip().endswith("baseline |")
+    assert len(results[("hybrid-strong", "differentiable")]) == 3
+
+
+def test_verdicts_say_what_is_missing():
+    assert verdict([None, None]) == "-"
+    assert verdict([(0.1, (0.05, 0.15)), None]) == "pending (1 of 2 seeds)"
+    assert verdict([(-0.1, (-0.15, -0.05))]) == "below, every seed"
+    assert verdict([(0.0, (-0.05, 0.05))]) == "no: within"
+
+
+def test_records_elsewhere_are_left_out():
+    other_eps = [dict(r, eps=0.3) for r in design("x", 0, pgd=set(), aa=set()) if r["attack"] != "none"]
+    samples = [dict(r, points=dict(r["points"], kind="samples")) for r in design("y", 0, set(), set())]
+    table = study_table(CNN + other_eps + samples, "mnist")
+    assert "| classical |" in table and "| x |" not in table and "| y |" not in table
+    assert study_table(CNN, "organamnist") == ""
+
+
+def test_the_advtrain_table_has_one_row_per_gradient_mode_beside_the_defended_cnn():
+    eps = ADVTRAIN_EPS["mnist"]
+    cnn = [dict(r, model="classical@fgsm-at", eps=None if r["eps"] is None else eps) for r in CNN]
+    hybrid = [dict(r, eps=None if r["eps"] is None else eps, grad_mode=mode, model="hybrid-full@fgsm-at")
+              for mode in ("paper", "differentiable") for r in design("x", 0, set(range(60)), set(range(60)))]
+    text = advtrain_markdown(cnn + hybrid)
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1:3] for r in rows] == [[" classical@fgsm-at ", " - "],
+                                                 [" full@fgsm-at ", " differentiable "], [" full@fgsm-at ", " paper "]]
+    assert "76.5/255" in text and "no: within" in rows[1] and rows[0].rstrip().endswith("baseline |")
+
+
+def test_the_study_command_writes_the_table_and_the_readme_block(tmp_path, capsys):
+    results = tmp_path / "design-study.json"
+    save_results(results, CNN + design("x", 0, pgd=set(range(100)), aa=set(range(50, 150))))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- qshield:design-study -->\nold\n<!-- /qshield:design-study -->\nend\n")
+    out = tmp_path / "design-study.md"
+    assert main(["study", "design", str(results), "--out", str(out), "--readme", str(readme)]) == 0
+    assert "| x | differentiable | 1 |" in out.read_text()
+    text = readme.read_text()
+    assert "old" not in text and "| x | differentiable | 1 |" in text and text.endswith("end\n")
+    missing = tmp_path / "nope.md"
+    out.unlink()
+    assert main(["study", "design", str(results), "--out", str(out), "--readme", str(missing)]) == 2
+    assert "File to update not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_app_does_not_merge_a_studys_cells_into_the_shipped_models(tmp_path):
+    from qshield_core import lab
+
+    save_results(tmp_path / "adaptive.json", CNN[2:])
+    save_results(tmp_path / "design-study.json", CNN)  # the same CNN on the study's own points
+    (tmp_path / "bench.json").write_text("{}")  # not results: passed over
+    records, problems = lab.load_results(tmp_path)
+    assert problems == [] and [r["source_file"] for r in records] == ["adaptive.json"]
+
+
+def test_the_seed_study_says_whether_the_papers_ordering_stands_outside_the_seed_spread():
+    def seeds(model: str, robust_counts: list[int]) -> list[dict]:
+        return [dict(r, grad_mode="paper") for s, k in enumerate(robust_counts)
+                for r in design("x", s, pgd=set(range(k)), aa=set(range(k)))[:2]
+                for r in [dict(r, model=f"{model}@scratch-s{s}")]]
+    cnn = [dict(r, model="classical@scratch-s0") for r in CNN]
+    # PGD robust counts rise none < linear < star < full, so ASR falls: the paper's ordering, well apart
+    clear = (seeds("hybrid-none", [100, 102, 98]) + seeds("hybrid-linear", [200, 204, 196])
+             + seeds("hybrid-star", [300, 302, 298]) + seeds("hybrid-full", [400, 404, 396]))
+    text = seed_study_markdown(cnn + clear)
+    assert "It stands outside the seed-to-seed spread" in text and "none - linear: +20.0" in text
+    noisy = (seeds("hybrid-none", [100, 300, 200]) + seeds("hybrid-linear", [210, 110, 290])
+             + seeds("hybrid-star", [300, 302, 298]) + seeds("hybrid-full", [400, 404, 396]))
+    assert "does not stand outside" in seed_study_markdown(cnn + noisy)
+    assert "not enough seeds" in seed_study_markdown(cnn + seeds("hybrid-none", [100]))
