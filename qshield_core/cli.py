@@ -342,21 +342,36 @@ def _cmd_study(args) -> int:
 
     render = {"design": design_study_markdown, "advtrain": advtrain_markdown, "seed": seed_study_markdown}[args.study]
     text = render(_merged_records(args.json))
-    if args.readme:  # checked before anything is written, so a bad --readme loses nothing
-        if not args.readme.is_file():
-            raise ValueError(f"File to update not found: {args.readme}")
-        updated = update_marked_blocks(args.readme.read_text(), {f"{args.study}-study": text})
-    body = f"# The {args.study} study\n\nRegenerate: `{command_line()}`\n\n{text}\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(body)
-        print(f"wrote {args.out}")
-    else:
-        print(body, end="")
-    if args.readme:
-        args.readme.write_text(updated)
-        print(f"updated the {args.study}-study block of {args.readme}")
+    updated = _readme_update(args.readme, lambda t: update_marked_blocks(t, {f"{args.study}-study": text}))
+    _write_report(f"# The {args.study} study\n\nRegenerate: `{command_line()}`\n\n{text}\n", args.out,
+                  f"wrote {args.out}")
+    _finish_readme(args.readme, updated, f"updated the {args.study}-study block of {args.readme}")
     return 0
+
+
+def _readme_update(readme: Path | None, update) -> str | None:
+    """The updated text of ``readme`` (None without one), computed before anything is written, so that a bad
+    ``--readme`` loses nothing."""
+    if readme is None:
+        return None
+    if not readme.is_file():
+        raise ValueError(f"File to update not found: {readme}")
+    return update(readme.read_text())
+
+
+def _write_report(text: str, out: Path | None, message: str) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(message)
+    else:
+        print(text, end="")
+
+
+def _finish_readme(readme: Path | None, updated: str | None, message: str) -> None:
+    if readme is not None and updated is not None:
+        readme.write_text(updated)
+        print(message)
 
 
 def _merged_records(paths: list[Path]) -> list[dict]:
@@ -380,20 +395,10 @@ def _cmd_table(args) -> int:
     paper = load_paper_results(args.paper)
     if args.paper and paper is None:
         raise ValueError(f"Paper results file not found: {args.paper}")
-    if args.readme:  # checked before anything is written, so a bad --readme loses nothing
-        if not args.readme.is_file():
-            raise ValueError(f"File to update not found: {args.readme}")
-        updated = update_marked_blocks(args.readme.read_text(), readme_blocks(records, paper))
+    updated = _readme_update(args.readme, lambda t: update_marked_blocks(t, readme_blocks(records, paper)))
     text = render_markdown(records, paper=paper, title=args.title, command=command_line())
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out} ({len(records)} records)")
-    else:
-        print(text, end="")
-    if args.readme:
-        args.readme.write_text(updated)
-        print(f"updated the tables of {args.readme}")
+    _write_report(text, args.out, f"wrote {args.out} ({len(records)} records)")
+    _finish_readme(args.readme, updated, f"updated the tables of {args.readme}")
     return 0
 
 
