@@ -52,8 +52,8 @@ def _add_train(sub) -> None:
                    "recipe (hybrids fine-tuned from the shipped CNN); scratch: the paper's, from scratch for every "
                    "model (Adam 1e-3, weight decay 1e-4, batch 128, 2 epochs), for a variant name such as "
                    "hybrid-full@scratch-s1")
-    a = p.add_argument_group("adversarial training (a variant name: --model classical@fgsm-at, then "
-                             "hybrid-full@fgsm-at from it)")
+    a = p.add_argument_group("adversarial training (a variant name: --model classical@pgd-at, then "
+                             "hybrid-full@pgd-at from it)")
     a.add_argument("--adversarial", choices=ADVERSARIAL_METHODS, help="train on PGD (Madry et al. 2018) or "
                    "FGSM-with-random-start (Wong et al. 2020) examples of every batch")
     a.add_argument("--adv-eps", type=parse_eps, help="their L-inf eps, e.g. 0.3 or 8/255 (default: the paper's)")

@@ -6,7 +6,7 @@ seeded points. For each seed the report takes, at the dataset's paper eps:
 
 - the clean accuracy, the paper-protocol PGD-10's attack success rate, the transfer attack's robust accuracy;
 - AutoAttack's robust accuracy (the ``rand`` version for a randomised model, where the grid runs it);
-- the **per-point worst case** over every attack the seed's model met (:func:`~qshield_core.evaluation.worst_case`:
+- the **per-point worst case** over every attack the seed's model met, once AutoAttack is among them (:func:`~qshield_core.evaluation.worst_case`:
   a point counts as robust only if it survived all of them), and its difference from the CNN's worst case on
   the same points, with Newcombe's 95 % interval (:func:`~qshield_core.evaluation.difference_interval`; it
   treats the two samples as independent, which is conservative for the same points).
@@ -43,6 +43,11 @@ class SeedResult:
     transfer: float | None
     autoattack: dict | None
     worst: WorstCase | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether AutoAttack has run: without it the worst case over the other attacks is no worst case."""
+        return self.autoattack is not None
 
     @property
     def randomised(self) -> bool:
@@ -90,8 +95,10 @@ def study_results(records: Sequence[dict], dataset: str,
 
 
 def difference_from(result: SeedResult, baseline: SeedResult | None) -> tuple[float, tuple[float, float]] | None:
-    """The worst-case robust accuracy minus the baseline's, and its 95 % interval (None if either is missing)."""
-    if result.worst is None or baseline is None or baseline.worst is None:
+    """The worst-case robust accuracy minus the baseline's, and its 95 % interval (None if either is missing or
+    has not met AutoAttack yet)."""
+    if result.worst is None or baseline is None or baseline.worst is None or not (result.complete
+                                                                                    and baseline.complete):
         return None
     a, b = result.worst, baseline.worst
     k_a, k_b = round(a.robust_accuracy * a.n), round(b.robust_accuracy * b.n)
@@ -101,7 +108,7 @@ def difference_from(result: SeedResult, baseline: SeedResult | None) -> tuple[fl
 def verdict(differences: Sequence[tuple[float, tuple[float, float]] | None]) -> str:
     """Above / below / within the CNN, decided on the intervals of every seed."""
     found = [d for d in differences if d is not None]
-    if not found:
+    if not differences:
         return "-"
     if len(found) < len(differences):
         return f"pending ({len(found)} of {len(differences)} seeds)"
@@ -131,7 +138,7 @@ def _row(name: str, seeds: list[SeedResult], baseline: SeedResult | None, is_bas
                        aa[0]["robust_accuracy_ci"] if one and aa[0] else None)
     if any(s.randomised for s in seeds):
         aa_text += " (rand)"
-    worst = [s.worst for s in seeds]
+    worst = [s.worst if s.complete else None for s in seeds]  # no worst case before AutoAttack has run
     worst_text = _mean_sd([None if w is None else w.robust_accuracy for w in worst],
                           worst[0].robust_accuracy_ci if one and worst[0] else None)
     diffs = [] if is_baseline else [difference_from(s, baseline) for s in seeds]
@@ -184,7 +191,7 @@ def design_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("m
 
 ADVTRAIN_EPS = {"mnist": 0.3, "organamnist": 8 / 255}
 """The eps the adversarial-training study trains and attacks at (grids/advtrain.toml)."""
-ADVTRAIN_BASELINE = "classical@fgsm-at"
+ADVTRAIN_BASELINE = "classical@pgd-at"
 
 
 def advtrain_markdown(records: Sequence[dict]) -> str:

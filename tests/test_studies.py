@@ -85,7 +85,8 @@ def test_a_design_is_above_the_cnn_only_when_every_seed_is_beyond_the_interval()
 
 
 def test_verdicts_say_what_is_missing():
-    assert verdict([None, None]) == "-"
+    assert verdict([]) == "-"
+    assert verdict([None, None]) == "pending (0 of 2 seeds)"
     assert verdict([(0.1, (0.05, 0.15)), None]) == "pending (1 of 2 seeds)"
     assert verdict([(-0.1, (-0.15, -0.05))]) == "below, every seed"
     assert verdict([(0.0, (-0.05, 0.05))]) == "no: within"
@@ -101,13 +102,13 @@ def test_records_elsewhere_are_left_out():
 
 def test_the_advtrain_table_has_one_row_per_gradient_mode_beside_the_defended_cnn():
     eps = ADVTRAIN_EPS["mnist"]
-    cnn = [dict(r, model="classical@fgsm-at", eps=None if r["eps"] is None else eps) for r in CNN]
-    hybrid = [dict(r, eps=None if r["eps"] is None else eps, grad_mode=mode, model="hybrid-full@fgsm-at")
+    cnn = [dict(r, model="classical@pgd-at", eps=None if r["eps"] is None else eps) for r in CNN]
+    hybrid = [dict(r, eps=None if r["eps"] is None else eps, grad_mode=mode, model="hybrid-full@pgd-at")
               for mode in ("paper", "differentiable") for r in design("x", 0, set(range(60)), set(range(60)))]
     text = advtrain_markdown(cnn + hybrid)
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
-    assert [r.split("|")[1:3] for r in rows] == [[" classical@fgsm-at ", " - "],
-                                                 [" full@fgsm-at ", " differentiable "], [" full@fgsm-at ", " paper "]]
+    assert [r.split("|")[1:3] for r in rows] == [[" classical@pgd-at ", " - "],
+                                                 [" full@pgd-at ", " differentiable "], [" full@pgd-at ", " paper "]]
     assert "76.5/255" in text and "no: within" in rows[1] and rows[0].rstrip().endswith("baseline |")
 
 
@@ -152,3 +153,11 @@ def test_the_seed_study_says_whether_the_papers_ordering_stands_outside_the_seed
              + seeds("hybrid-star", [300, 302, 298]) + seeds("hybrid-full", [400, 404, 396]))
     assert "does not stand outside" in seed_study_markdown(cnn + noisy)
     assert "not enough seeds" in seed_study_markdown(cnn + seeds("hybrid-none", [100]))
+
+
+def test_a_seed_without_autoattack_has_no_worst_case_and_no_verdict_yet():
+    partial = [r for r in design("x", 0, pgd=set(range(400)), aa=set()) if r["attack"] != "autoattack"]
+    rows = {line.split("|")[1].strip(): line for line in study_table(CNN + partial, "mnist").splitlines()
+            if line.startswith("| ")}
+    cells = [c.strip() for c in rows["x"].split("|")[1:-1]]
+    assert cells[6:] == ["-", "-", "·", "pending (0 of 1 seeds)"]

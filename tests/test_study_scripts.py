@@ -32,9 +32,9 @@ def test_advtrain_and_design_scripts_train_their_models_and_skip_them_the_second
     done = run_script("advtrain_study.sh", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     found = cards(tmp_path)
-    assert set(found) == {"mnist-classical@fgsm-at", "mnist-hybrid-full@fgsm-at"}
-    assert found["mnist-classical@fgsm-at"]["adversarial_training"]["eps"] == 0.3
-    assert found["mnist-hybrid-full@fgsm-at"]["init_from"]["model"] == "mnist-classical@fgsm-at"
+    assert set(found) == {"mnist-classical@pgd-at", "mnist-hybrid-full@pgd-at"}
+    assert found["mnist-classical@pgd-at"]["adversarial_training"]["eps"] == 0.3
+    assert found["mnist-hybrid-full@pgd-at"]["init_from"]["model"] == "mnist-classical@pgd-at"
     again = run_script("advtrain_study.sh", tmp_path)
     assert again.returncode == 0 and again.stdout.count("exists, not retrained") == 2
 
