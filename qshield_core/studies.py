@@ -6,10 +6,11 @@ seeded points. For each seed the report takes, at the dataset's paper eps:
 
 - the clean accuracy, the paper-protocol PGD-10's attack success rate, the transfer attack's robust accuracy;
 - AutoAttack's robust accuracy (the ``rand`` version for a randomised model, where the grid runs it);
-- the **per-point worst case** over every attack the seed's model met, once AutoAttack is among them (:func:`~qshield_core.evaluation.worst_case`:
-  a point counts as robust only if it survived all of them), and its difference from the CNN's worst case on
-  the same points, with Newcombe's 95 % interval (:func:`~qshield_core.evaluation.difference_interval`; it
-  treats the two samples as independent, which is conservative for the same points).
+- the **per-point worst case** over every attack the seed's model met, once AutoAttack is among them
+  (:func:`~qshield_core.evaluation.worst_case`: a point counts as robust only if it survived all of them), and
+  its difference from the CNN's worst case on the same points, with Newcombe's 95 % interval
+  (:func:`~qshield_core.evaluation.difference_interval`; it treats the two samples as independent, which is
+  conservative for the same points).
 
 A design "exceeds the CNN beyond the intervals" when that interval lies above 0 for every seed.
 """
@@ -113,9 +114,9 @@ def verdict(differences: Sequence[tuple[float, tuple[float, float]] | None]) -> 
     if len(found) < len(differences):
         return f"pending ({len(found)} of {len(differences)} seeds)"
     if all(lo > 0 for _, (lo, _) in found):
-        return "**above**, every seed"
+        return f"**above**, every seed ({len(found)})"
     if all(hi < 0 for _, (_, hi) in found):
-        return "below, every seed"
+        return f"below, every seed ({len(found)})"
     above = sum(lo > 0 for _, (lo, _) in found)
     return "no: within" + (f" ({above} of {len(found)} seeds above)" if above else "")
 

@@ -88,7 +88,7 @@ def test_verdicts_say_what_is_missing():
     assert verdict([]) == "-"
     assert verdict([None, None]) == "pending (0 of 2 seeds)"
     assert verdict([(0.1, (0.05, 0.15)), None]) == "pending (1 of 2 seeds)"
-    assert verdict([(-0.1, (-0.15, -0.05))]) == "below, every seed"
+    assert verdict([(-0.1, (-0.15, -0.05))]) == "below, every seed (1)"
     assert verdict([(0.0, (-0.05, 0.05))]) == "no: within"
 
 
