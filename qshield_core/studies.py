@@ -155,13 +155,23 @@ HEADER = ["model", "mode", "seeds", "clean %", "PGD-10 ASR %", "transfer robust 
           "worst case robust %", "worst case - CNN, per seed (points) [95 %]", "above the CNN?"]
 
 
-def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE) -> str:
-    """The Markdown table of one dataset at ``eps`` (default: the paper's) (:data:`HEADER`); "" without records."""
+def _dataset_results(records: Sequence[dict], dataset: str, eps: float | None,
+                     baseline: str) -> tuple[float, dict[tuple[str, str | None], list[SeedResult]]]:
+    """(eps, :func:`study_results` of one dataset's records at ``eps``, default the paper's)."""
+    eps = get_spec(dataset).paper_eps if eps is None else eps
+    return eps, study_results(_at_eps(records, dataset, eps), dataset, baseline)
+
+
+def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
+                results: dict | None = None) -> str:
+    """The Markdown table of one dataset at ``eps`` (default: the paper's) (:data:`HEADER`); "" without records.
+    ``results``: that dataset's :func:`study_results` at ``eps`` when the caller has them already."""
     from .report import markdown_table
 
     spec = get_spec(dataset)
+    if results is None:
+        eps, results = _dataset_results(records, dataset, eps, baseline)
     eps = spec.paper_eps if eps is None else eps
-    results = study_results(_at_eps(records, dataset, eps), dataset, baseline)
     if not results:
         return ""
     reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
@@ -246,9 +256,9 @@ def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mni
     """Per dataset at the paper's eps: each model's seeds beside the CNN's, and the ordering check."""
     parts = []
     for dataset in datasets:
-        table = study_table(records, dataset, baseline=SEED_BASELINE)
-        if table:
-            results = study_results(_at_eps(records, dataset, get_spec(dataset).paper_eps), dataset, SEED_BASELINE)
+        _, results = _dataset_results(records, dataset, None, SEED_BASELINE)
+        if results:
+            table = study_table(records, dataset, baseline=SEED_BASELINE, results=results)
             parts += [table, _ordering_text(ordering_check(results))]
     if not parts:
         return "No seed-study records yet: `bash scripts/seed_study.sh`."
