@@ -10,10 +10,22 @@ st.set_page_config(page_title="QShield", page_icon=":material/shield:", layout="
 
 # The first visit after the server starts imports PyTorch, torchattacks and Plotly (several seconds on a
 # small CPU): say so at once instead of showing a blank page. Later reruns find them imported.
+chart_warm_up = st.empty()
 with st.spinner("Starting QShield: loading PyTorch and the attack library (first visit only)…"):
+    if "charts_warmed_up" not in st.session_state:
+        # The browser fetches and compiles Plotly's 4.7 MB bundle when it first meets a chart. A blank one now
+        # has it do that while the server imports, not after the first result (measured: about 1.5 s sooner;
+        # bench/bench_app.py). It is removed below.
+        chart_warm_up.plotly_chart(
+            {"data": [{"type": "scatter", "x": [0], "y": [0], "visible": False}],
+             "layout": {"height": 10, "margin": {"l": 0, "r": 0, "t": 0, "b": 0}, "xaxis": {"visible": False},
+                        "yaxis": {"visible": False}, "paper_bgcolor": "rgba(0,0,0,0)"}},
+            config={"staticPlot": True, "displayModeBar": False}, key="chart_warm_up")
     import torch
 
     from pages import _shared  # noqa: F401  (imports qshield_core)
+chart_warm_up.empty()
+st.session_state.charts_warmed_up = True
 
 # One intra-op thread per computation: a click attacks one image (tiny tensors), and concurrent sessions
 # already run in parallel threads; two OpenMP threads per op only contend on a 2-core machine.

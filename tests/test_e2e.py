@@ -94,6 +94,27 @@ def test_tampered_weights_end_to_end(tmp_path, browser):
             page.close()
 
 
+def test_make_run_starts_the_app_with_its_own_navigation_and_a_first_result(tmp_path, browser):
+    """scripts/serve.py (``make run``): the first visitor's navigation is the app's from its first paint (not
+    Streamlit's list of the files in pages/, _shared.py among them), and the Attack Lab draws both verdicts."""
+    require_shipped()
+    with streamlit_server(log_path=tmp_path / "log", launcher="serve") as (url, process, _):
+        page, errors = open_page(browser, url)
+        try:
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            nav.first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            first_nav = nav.first.inner_text()
+            page.get_by_text(BADGE).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            wait_settled(page)
+            assert "Attack Lab" in first_nav and "shared" not in first_nav.lower(), first_nav
+            assert len(badges(page)) == 2
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert not errors, errors
+            assert process.poll() is None
+        finally:
+            page.close()
+
+
 def seven_stroke(canvas) -> list[tuple[float, float]]:
     """The points of a 7 drawn in one stroke, as a hand would: a top bar, then the diagonal."""
     box = canvas.bounding_box()

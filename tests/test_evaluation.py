@@ -126,6 +126,17 @@ def test_wilson_interval_known_values():
         wilson_interval(5, 4)
 
 
+@pytest.mark.parametrize("trials", [1, 7, 500, 1000, 10000])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_wilson_interval_equals_scipy_binomtest(trials, confidence):
+    """The written-out formula gives scipy's Wilson interval bit for bit (stored results were made with it)."""
+    from scipy.stats import binomtest
+
+    for successes in sorted({0, 1, trials // 3, trials // 2, trials - 1, trials}):
+        ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+        assert wilson_interval(successes, trials, confidence) == (max(0.0, ci.low), min(1.0, ci.high))
+
+
 def test_attack_metrics_on_hand_made_predictions():
     labels = torch.tensor([0, 1, 2, 3, 4])
     clean = torch.tensor([0, 1, 2, 3, 0])  # 4 of 5 correct

@@ -138,6 +138,19 @@ def test_the_app_does_not_merge_a_studys_cells_into_the_shipped_models(tmp_path)
     assert problems == [] and [r["source_file"] for r in records] == ["adaptive.json"]
 
 
+@pytest.mark.parametrize("grid", ["design-study", "advtrain", "seed-study"])
+def test_every_study_grid_writes_a_file_the_app_leaves_out(grid):
+    """A study's grid writes its own results file; the app must not read it as the shipped models' cells."""
+    import tomllib
+
+    from qshield_core import lab
+    from qshield_core.data import REPO_ROOT
+
+    stages = tomllib.loads((REPO_ROOT / "grids" / f"{grid}.toml").read_text())["stage"]
+    outs = {stage["out"].rpartition("/")[2] for stage in stages}
+    assert outs and outs <= set(lab.STUDY_FILES), outs
+
+
 def test_the_seed_study_says_whether_the_papers_ordering_stands_outside_the_seed_spread():
     def seeds(model: str, robust_counts: list[int]) -> list[dict]:
         return [dict(r, grad_mode="paper") for s, k in enumerate(robust_counts)

@@ -1,0 +1,84 @@
+"""Deferred imports: a module that a dependency imports at start-up but uses only in one rarely-run path.
+
+torchattacks 3.5.1 imports ``scipy.stats`` in its package ``__init__`` (for TI-FGSM's Gaussian kernel
+only; no attack of this project uses it), and that import is the largest single part of the app's start
+after PyTorch's own (about 1.2 s of its first result here). :func:`defer_import` puts a stand-in for such a
+module in ``sys.modules``: the importing library binds it, and the real module is imported, once, under a
+lock, on the first attribute read, from whichever thread reads first. Later imports get the real module.
+The standard library's ``importlib.util.LazyLoader`` does the same, but on Python 3.11 two threads reading
+a lazy module at once can see it half-initialised (CPython gh-114763, fixed in 3.12.3), and the app reads
+from several threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import threading
+import types
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in ``sys.modules`` for a module not imported yet; its first attribute read imports it."""
+
+    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
+        super().__init__(spec.name)
+        self.__spec__, self.__loader__ = spec, spec.loader
+        self.__package__ = spec.parent if spec.submodule_search_locations is None else spec.name
+        if spec.has_location:  # read by scans of sys.modules (inspect.getmodule) without loading the module
+            self.__file__, self.__cached__ = spec.origin, spec.cached
+        if spec.submodule_search_locations is not None:  # a package: submodules can be found without loading it
+            self.__path__ = list(spec.submodule_search_locations)
+        self._deferred_lock = threading.RLock()
+        self._deferred_loading = False
+        self._deferred_module: types.ModuleType | None = None
+
+    def _load(self) -> types.ModuleType:
+        with self._deferred_lock:
+            if self._deferred_module is not None:
+                return self._deferred_module
+            if self._deferred_loading:  # read again from inside its own import (same thread): the module so far
+                return sys.modules[self.__name__]
+            self._deferred_loading = True
+            try:
+                _bind(self.__name__, None)  # the real import binds the real module in both places
+                self._deferred_module = importlib.import_module(self.__name__)
+            except BaseException:
+                _bind(self.__name__, self)
+                raise
+            finally:
+                self._deferred_loading = False
+            return self._deferred_module
+
+    def __getattr__(self, name: str):  # called only for names the stand-in does not have itself
+        return getattr(self._load(), name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._load())
+
+
+def defer_import(name: str) -> types.ModuleType:
+    """The module ``name`` if it is imported already, else a :class:`DeferredModule` for it (also put in
+    ``sys.modules``, and on its parent package, so that ``from parent import name`` finds it)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    stand_in = DeferredModule(spec)
+    _bind(name, stand_in)
+    return stand_in
+
+
+def _bind(name: str, module: types.ModuleType | None) -> None:
+    """Put ``module`` in ``sys.modules`` and on its parent package under ``name``; None removes both."""
+    parent, _, child = name.rpartition(".")
+    if module is None:
+        sys.modules.pop(name, None)
+        if parent and getattr(sys.modules.get(parent), child, None) is not None:
+            delattr(sys.modules[parent], child)
+    else:
+        sys.modules[name] = module
+        if parent:
+            setattr(sys.modules[parent], child, module)

@@ -1,0 +1,94 @@
+"""Deferred imports (qshield_core.deferred): loaded once, on first read, from any thread; the app's first page
+imports neither scipy.stats nor pandas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+from qshield_core.deferred import DeferredModule, defer_import
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def package(tmp_path, monkeypatch):
+    """A package ``dpkg`` whose ``heavy`` submodule is slow, counts its executions and imports itself back (as
+    scipy.stats does: ``import scipy.stats._stats_py`` from inside scipy.stats)."""
+    root = tmp_path / "dpkg"
+    (root / "heavy").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "counter.py").write_text("RUNS = []\n")
+    (root / "heavy" / "__init__.py").write_text(
+        "import time\nfrom dpkg import counter\ncounter.RUNS.append(1)\ntime.sleep(0.2)\n"
+        "import dpkg.heavy.part as part\nVALUE = part.BASE + 1\n")
+    (root / "heavy" / "part.py").write_text("BASE = 41\n")
+    (root / "broken.py").write_text("raise RuntimeError('cannot load')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "dpkg"
+    for name in [m for m in sys.modules if m == "dpkg" or m.startswith("dpkg.")]:
+        del sys.modules[name]
+
+
+def test_a_deferred_module_loads_on_its_first_read_only(package):
+    stand_in = defer_import("dpkg.heavy")
+    from dpkg import counter
+
+    assert isinstance(stand_in, DeferredModule) and counter.RUNS == []
+    from dpkg import heavy  # binding it reads nothing
+
+    assert heavy is stand_in and counter.RUNS == []
+    assert heavy.VALUE == 42 and counter.RUNS == [1]
+    assert type(sys.modules["dpkg.heavy"]) is types.ModuleType  # later imports get the real module
+    from dpkg.heavy import VALUE
+
+    assert VALUE == 42 and counter.RUNS == [1]
+
+
+def test_first_reads_from_many_threads_load_it_once_and_all_see_it_whole(package):
+    heavy = defer_import("dpkg.heavy")
+    barrier, seen = threading.Barrier(8), []
+
+    def read() -> None:
+        barrier.wait()
+        seen.append(heavy.VALUE)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    from dpkg import counter
+
+    assert seen == [42] * 8 and counter.RUNS == [1]
+
+
+def test_a_module_that_fails_to_load_raises_on_every_read_and_stays_deferred(package):
+    broken = defer_import("dpkg.broken")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="cannot load"):
+            _ = broken.anything
+    assert sys.modules["dpkg.broken"] is broken
+
+
+def test_an_imported_module_is_returned_as_it_is_and_an_unknown_one_is_refused(package):
+    import dpkg.heavy
+
+    assert defer_import("dpkg.heavy") is dpkg.heavy
+    with pytest.raises(ModuleNotFoundError, match=r"dpkg\.nothing"):
+        defer_import("dpkg.nothing")
+
+
+def test_the_first_page_imports_neither_scipy_stats_nor_pandas():
+    """What the Attack Lab imports (the library, torchattacks, the pages' helpers) leaves scipy.stats deferred
+    and pandas unimported: together about 2 s of the app's first result on this machine."""
+    code = ("import sys; import streamlit; import pages._shared, qshield_core.handout, qshield_core.drawing; "
+            "import torchattacks; print(type(sys.modules['scipy.stats']).__name__, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["DeferredModule", "False"]
