@@ -3,11 +3,12 @@
 torchattacks 3.5.1 imports ``scipy.stats`` in its package ``__init__`` (for TI-FGSM's Gaussian kernel
 only; no attack of this project uses it), and that import is the largest single part of the app's start
 after PyTorch's own (about 1.2 s of its first result here). :func:`defer_import` puts a stand-in for such a
-module in ``sys.modules``: the importing library binds it, and the real module is imported, once, under a
-lock, on the first attribute read, from whichever thread reads first. Later imports get the real module.
-The standard library's ``importlib.util.LazyLoader`` does the same, but on Python 3.11 two threads reading
-a lazy module at once can see it half-initialised (CPython gh-114763, fixed in 3.12.3), and the app reads
-from several threads.
+module in ``sys.modules``: the importing library binds it, and the real module is imported, once, on the
+first attribute read, from whichever thread reads first, under the import system's own lock for that
+module (no lock of ours is held during an import, so none can deadlock with it). Later imports get the
+real module. The standard library's ``importlib.util.LazyLoader`` does the same, but on Python 3.11 two
+threads reading a lazy module at once can see it half-initialised (CPython gh-114763, fixed in 3.12.3),
+and the app reads from several threads.
 """
 
 from __future__ import annotations
@@ -30,26 +31,27 @@ class DeferredModule(types.ModuleType):
             self.__file__, self.__cached__ = spec.origin, spec.cached
         if spec.submodule_search_locations is not None:  # a package: submodules can be found without loading it
             self.__path__ = list(spec.submodule_search_locations)
-        self._deferred_lock = threading.RLock()
-        self._deferred_loading = False
+        self._deferred_swap = threading.Lock()
         self._deferred_module: types.ModuleType | None = None
 
     def _load(self) -> types.ModuleType:
-        with self._deferred_lock:
-            if self._deferred_module is not None:
-                return self._deferred_module
-            if self._deferred_loading:  # read again from inside its own import (same thread): the module so far
-                return sys.modules[self.__name__]
-            self._deferred_loading = True
-            try:
-                _bind(self.__name__, None)  # the real import binds the real module in both places
-                self._deferred_module = importlib.import_module(self.__name__)
-            except BaseException:
-                _bind(self.__name__, self)
-                raise
-            finally:
-                self._deferred_loading = False
-            return self._deferred_module
+        module = self._deferred_module
+        if module is not None:
+            return module
+        with self._deferred_swap:  # held only to take the stand-in out, never during the import
+            if sys.modules.get(self.__name__) is self:
+                _bind(self.__name__, None)
+        try:
+            # The import system's own per-module lock (with its deadlock detection) makes a second thread wait
+            # for the first thread's import, and hands the module so far to a read from inside that import.
+            module = importlib.import_module(self.__name__)
+        except BaseException:
+            with self._deferred_swap:
+                if self.__name__ not in sys.modules:  # a failed import leaves nothing: stand in again
+                    _bind(self.__name__, self)
+            raise
+        self._deferred_module = module
+        return module
 
     def __getattr__(self, name: str):  # called only for names the stand-in does not have itself
         return getattr(self._load(), name)

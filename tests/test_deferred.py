@@ -28,6 +28,9 @@ def package(tmp_path, monkeypatch):
         "import time\nfrom dpkg import counter\ncounter.RUNS.append(1)\ntime.sleep(0.2)\n"
         "import dpkg.heavy.part as part\nVALUE = part.BASE + 1\n")
     (root / "heavy" / "part.py").write_text("BASE = 41\n")
+    (root / "holder.py").write_text("REF = None\n")
+    (root / "reentrant.py").write_text(
+        "from dpkg import holder\nEARLY = 1\nSEEN = holder.REF.EARLY  # the stand-in, read from inside its import\n")
     (root / "broken.py").write_text("raise RuntimeError('cannot load')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "dpkg"
@@ -66,6 +69,13 @@ def test_first_reads_from_many_threads_load_it_once_and_all_see_it_whole(package
     from dpkg import counter
 
     assert seen == [42] * 8 and counter.RUNS == [1]
+
+
+def test_a_read_of_the_stand_in_from_inside_its_own_import_gets_the_module_so_far(package):
+    from dpkg import holder
+
+    holder.REF = defer_import("dpkg.reentrant")
+    assert holder.REF.SEEN == 1 and holder.REF.EARLY == 1
 
 
 def test_a_module_that_fails_to_load_raises_on_every_read_and_stays_deferred(package):
