@@ -270,7 +270,7 @@ def _add_grid(sub) -> None:
 
 
 def _cmd_grid(args) -> int:
-    from .grid import check_cluster_options, load_grid, pending, plan, run_grid
+    from .grid import NoWorkersError, check_cluster_options, load_grid, pending, plan, run_grid
 
     if args.retries < 0:
         raise ValueError(f"--retries must be at least 0, got {args.retries}.")
@@ -289,10 +289,14 @@ def _cmd_grid(args) -> int:
         for job in todo[:args.limit]:
             print(job.cell.key)
         return 0
-    summary = run_grid(jobs, address=args.address, workers=args.workers, retries=args.retries, replace=args.replace,
-                       limit=args.limit, progress=not args.quiet, data_root=data_root,
-                       model_dir=None if args.model_dir is None else str(args.model_dir.resolve()),
-                       command=command_line())
+    try:
+        summary = run_grid(jobs, address=args.address, workers=args.workers, retries=args.retries,
+                           replace=args.replace, limit=args.limit, progress=not args.quiet, data_root=data_root,
+                           model_dir=None if args.model_dir is None else str(args.model_dir.resolve()),
+                           command=command_line())
+    except NoWorkersError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"{len(summary.ran)} cell(s) run in {summary.seconds:.0f} s on {len(summary.cells_per_worker)} worker "
           f"process(es), {len(summary.skipped)} already done.")
     if summary.models_loaded:

@@ -31,7 +31,7 @@ import time
 import tomllib
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +39,7 @@ from pathlib import Path
 import cloudpickle
 import dask
 import torch
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, wait
 from tqdm.auto import tqdm
 
 from . import evaluation
@@ -50,6 +50,9 @@ comparable = evaluation.comparable
 """Record fields that depend on when, where and how fast a cell ran (and a record without them)."""
 
 DEFAULT_RETRIES = 2
+NO_WORKER_GRACE_S = 120.0
+"""How long :func:`run_jobs` waits while the cluster has no worker at all before it stops (the cells done are saved)."""
+WATCH_INTERVAL_S = 5.0
 WORKER_CONFIG = {
     # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536; any fixed value turns off glibc's adaptive mmap
     # threshold, so each large tensor is mmap'ed and unmapped anew: cells ran ~3x slower. Unset it.
@@ -73,6 +76,10 @@ _SOURCES = ("auto", "test", "samples")
 
 class GridError(ValueError):
     """A grid file that cannot be read or planned (the message names the file and the place)."""
+
+
+class NoWorkersError(RuntimeError):
+    """The cluster has had no worker for longer than the grace period: the run stops, the cells done are saved."""
 
 
 # --------------------------------------------------------------------------- the grid file
@@ -526,27 +533,62 @@ class ResultsWriter:
 
 def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETRIES,
              evaluate: Callable[..., dict] = evaluate_one, progress: bool = True,
-             log: Callable[[str], None] | None = None, **cell_kwargs) -> GridSummary:
+             log: Callable[[str], None] | None = None, no_worker_grace_s: float = NO_WORKER_GRACE_S,
+             **cell_kwargs) -> GridSummary:
     """Run ``jobs`` as tasks on ``client``'s cluster and write each record to its stage's file as it arrives.
 
     ``evaluate(cell, **cell_kwargs) -> record`` is the task body (it must be importable or picklable
-    on the workers). No job is skipped here: see :func:`pending`."""
+    on the workers). No job is skipped here: see :func:`pending`. A killed worker's cell is rerun on
+    another (or on the worker its nanny restarts); a cluster left with no worker at all for
+    ``no_worker_grace_s`` (e.g. a worker that stopped answering was removed and could not be restarted)
+    raises :class:`NoWorkersError` instead of waiting for ever."""
     summary, start = GridSummary(), time.perf_counter()
     writer = ResultsWriter(j.out for j in jobs)
     run_id = uuid.uuid4().hex[:8]
     futures = {client.submit(_CALL, cloudpickle.dumps((_task, (job.cell, evaluate, cell_kwargs))), pure=False,
                              key=f"qshield-cell-{run_id}-{i}:{job.cell.key}", retries=retries): job
                for i, job in enumerate(jobs)}
+    watch = _WorkerWatch(client, no_worker_grace_s)
     with tqdm(total=len(jobs), desc="grid", unit="cell", disable=not progress) as bar:
         say = log or (bar.write if progress else None)
-        for future in as_completed(futures):
-            job = futures.pop(future)
-            line = _collect(future, job, writer, summary)
-            bar.update(1)
-            if say is not None:
-                say(f"[{bar.n}/{len(jobs)}] {line}")
+        while futures:
+            finished = _wait_some(futures, min(WATCH_INTERVAL_S, max(no_worker_grace_s, 0.1)))
+            for future in finished:
+                job = futures.pop(future)
+                line = _collect(future, job, writer, summary)
+                bar.update(1)
+                if say is not None:
+                    say(f"[{bar.n}/{len(jobs)}] {line}")
+            if not finished and not watch.workers_seen():
+                client.cancel(list(futures))
+                raise NoWorkersError(
+                    f"no worker has been connected for {no_worker_grace_s:.0f} s (a worker that stops answering is "
+                    f"removed by the scheduler, and one whose restart fails is not replaced); {len(summary.ran)} "
+                    f"cell(s) finished in this run are saved, {len(futures)} did not run. Run the same command "
+                    "again to resume.")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _wait_some(futures: Mapping, timeout_s: float) -> list:
+    """The futures among ``futures`` that are done within ``timeout_s`` (none when that time runs out)."""
+    try:
+        return list(wait(list(futures), timeout=timeout_s, return_when="FIRST_COMPLETED").done)
+    except TimeoutError:
+        return []
+
+
+class _WorkerWatch:
+    """Whether a cluster has had a worker within the last ``grace_s`` seconds."""
+
+    def __init__(self, client: Client, grace_s: float) -> None:
+        self.client, self.grace_s = client, grace_s
+        self.last_seen = time.monotonic()
+
+    def workers_seen(self) -> bool:
+        if self.client.nthreads():
+            self.last_seen = time.monotonic()
+        return time.monotonic() - self.last_seen < self.grace_s
 
 
 def _collect(future, job: Job, writer: ResultsWriter, summary: GridSummary) -> str:
@@ -586,7 +628,8 @@ def run_grid(jobs: Sequence[Job], *, address: str | None = None, workers: int | 
 
 
 __all__ = [
-    "DEFAULT_RETRIES", "VOLATILE_FIELDS", "WORKER_CONFIG", "Grid", "GridError", "GridSummary", "Job",
+    "DEFAULT_RETRIES", "NO_WORKER_GRACE_S", "VOLATILE_FIELDS", "WORKER_CONFIG", "Grid", "GridError", "GridSummary",
+    "Job", "NoWorkersError",
     "ResultsWriter", "Run", "Stage", "check_cluster_options", "cluster", "comparable",
     "evaluate_one", "load_grid", "local_cores", "model_cache_info", "parse_eps", "pending", "plan", "run_grid",
     "run_jobs", "start_environ", "worker_pids",

@@ -275,6 +275,33 @@ def test_a_worker_killed_while_it_holds_a_cell(client, serial, tmp_path):
     assert {k: grid.comparable(r) for k, r in on_file.items()} == {k: grid.comparable(r) for k, r in serial.items()}
 
 
+def remove_workers_when_marked(client, marker_dir: Path, timeout: float = 120.0) -> None:
+    """Once the slow cell has started, close every worker for good, as a scheduler does with workers that stopped
+    answering and whose restart failed."""
+    deadline = time.monotonic() + timeout
+    while not any(marker_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.cluster.scale(0)
+
+
+def test_a_cluster_left_without_workers_stops_with_a_message_and_keeps_the_cells_done(serial, tmp_path):
+    jobs = tiny_jobs(tmp_path)
+    slow_key = jobs[-1].cell.key
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with grid.cluster(workers=1) as lonely:
+        remover = threading.Thread(target=remove_workers_when_marked, args=(lonely, markers), daemon=True)
+        remover.start()
+        with pytest.raises(grid.NoWorkersError, match="Run the same command again") as raised:
+            grid.run_jobs(lonely, jobs, progress=False, no_worker_grace_s=3.0, evaluate=functools.partial(
+                slow_once, marker_dir=str(markers), slow_key=slow_key, seconds=60.0))
+        remover.join(timeout=5)
+    on_file = records_by_key(jobs[0].out) if jobs[0].out.exists() else {}
+    finished = int(re.search(r"(\d+) cell\(s\) finished", str(raised.value)).group(1))
+    assert slow_key not in on_file and len(on_file) == finished
+    assert {k: grid.comparable(r) for k, r in on_file.items()} == {k: grid.comparable(serial[k]) for k in on_file}
+
+
 def fail_always(cell, *, marker_dir: str, bad_key: str, **kwargs):
     if cell.key == bad_key:
         Path(marker_dir, uuid.uuid4().hex).touch()
