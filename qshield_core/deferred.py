@@ -1,14 +1,14 @@
 """Deferred imports: a module that a dependency imports at start-up but uses only in one rarely-run path.
 
 torchattacks 3.5.1 imports ``scipy.stats`` in its package ``__init__`` (for TI-FGSM's Gaussian kernel
-only; no attack of this project uses it), and that import is the largest single part of the app's start
-after PyTorch's own (about 1.2 s of its first result here). :func:`defer_import` puts a stand-in for such a
-module in ``sys.modules``: the importing library binds it, and the real module is imported, once, on the
-first attribute read, from whichever thread reads first, under the import system's own lock for that
-module (no lock of ours is held during an import, so none can deadlock with it). Later imports get the
-real module. The standard library's ``importlib.util.LazyLoader`` does the same, but on Python 3.11 two
-threads reading a lazy module at once can see it half-initialised (CPython gh-114763, fixed in 3.12.3),
-and the app reads from several threads.
+only; no attack of this project uses it), and that import was the largest single part of the app's start
+after PyTorch's own (about 1.2 s here, beyond the part of scipy torchattacks needs anyway).
+:func:`defer_import` puts a stand-in for such a module in ``sys.modules``: the importing library binds it,
+and the real module is imported, once, on the first attribute read, from whichever thread reads first,
+under the import system's own lock for that module (no lock of ours is held during an import, so none can
+deadlock with it). Later imports get the real module. The standard library's ``importlib.util.LazyLoader``
+does the same, but on Python 3.11 two threads reading a lazy module at once can see it half-initialised
+(CPython gh-114763, fixed in 3.12.3), and the app reads from several threads.
 """
 
 from __future__ import annotations
