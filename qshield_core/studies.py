@@ -146,9 +146,15 @@ def _row(name: str, seeds: list[SeedResult], baseline: SeedResult | None, is_bas
     diff_text = "-" if not diffs else "; ".join(
         "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
     mode = seeds[0].grad_mode or "-"
-    return [name.removeprefix("hybrid-"), mode, str(len(seeds)), _mean_sd([s.clean for s in seeds]),
+    return [display_name(name), mode, str(len(seeds)), _mean_sd([s.clean for s in seeds]),
             _mean_sd([s.pgd_asr for s in seeds]), _mean_sd([s.transfer for s in seeds]), aa_text, worst_text,
             diff_text, verdict(diffs) if diffs else "baseline"]
+
+
+def display_name(model: str) -> str:
+    """A design study's ``hybrid-<design>`` by its design; a variant of a shipped model (``hybrid-full@pgd-at``)
+    whole, where ``full@pgd-at`` would not say what it is."""
+    return model if "@" in model else model.removeprefix("hybrid-")
 
 
 HEADER = ["model", "mode", "seeds", "clean %", "PGD-10 ASR %", "transfer robust %", "AutoAttack robust %",
@@ -176,7 +182,7 @@ def study_table(records: Sequence[dict], dataset: str, eps: float | None = None,
         return ""
     reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
     n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
-    rows = [_row(model.removeprefix("hybrid-"), seeds, reference, model == baseline)
+    rows = [_row(model, seeds, reference, model == baseline)
             for (model, _), seeds in results.items()]
     title = (f"**{spec.display_name}**, eps = {eps * 255:.3g}/255, "
              f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")

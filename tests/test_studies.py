@@ -108,7 +108,8 @@ def test_the_advtrain_table_has_one_row_per_gradient_mode_beside_the_defended_cn
     text = advtrain_markdown(cnn + hybrid)
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1:3] for r in rows] == [[" classical@pgd-at ", " - "],
-                                                 [" full@pgd-at ", " differentiable "], [" full@pgd-at ", " paper "]]
+                                                 [" hybrid-full@pgd-at ", " differentiable "],
+                                                 [" hybrid-full@pgd-at ", " paper "]]
     assert "76.5/255" in text and "no: within" in rows[1] and rows[0].rstrip().endswith("baseline |")
 
 
