@@ -12,6 +12,13 @@ st.set_page_config(page_title="QShield", page_icon=":material/shield:", layout="
 # small CPU): say so at once instead of showing a blank page. Later reruns find them imported.
 chart_warm_up = st.empty()
 with st.spinner("Starting QShield: loading PyTorch and the attack library (first visit only)…"):
+    # Before any chart: Plotly checks a chart's values against NumPy's and pandas' types by reading sys.modules
+    # without importing (optional_imports.get_module(should_load=False)), so a chart built while another
+    # session's thread is still importing either gets a half-made module and fails (seen: one of ten first
+    # visits at once). An import waits for another thread's import of the same module to finish.
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+
     if "charts_warmed_up" not in st.session_state:
         # The browser fetches and compiles Plotly's 4.7 MB bundle when it first meets a chart. A blank one now
         # has it do that while the server imports, not after the first result (traced: the first result's charts

@@ -20,9 +20,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -39,9 +39,6 @@ from .evaluation import (
 from .models import QShieldHybrid, classical_of, is_hybrid_name
 from .noise import NoiseModel
 from .quantum import CircuitConfig, QuantumCircuitLayer
-
-if TYPE_CHECKING:  # pandas is imported where a table is built, not on the Attack Lab's first run
-    import pandas as pd
 
 RESULTS_DIR = REPO_ROOT / "results"
 
@@ -237,8 +234,6 @@ def circuit_png(config: CircuitConfig, angles: np.ndarray | None = None, dpi: in
 
 def model_cards_frame(directory: Path | None = None) -> pd.DataFrame:
     """One row per shipped model card (read, not verified): the figures the cards record."""
-    import pandas as pd
-
     rows = []
     for dataset in ("mnist", "organamnist", "cifar10"):
         for name in zoo.available_models(dataset, directory):
@@ -624,8 +619,6 @@ def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.Dat
 
     Where several records share that identity, :func:`qshield_core.evaluation.select_record` picks one.
     """
-    import pandas as pd
-
     chosen = evaluation.select_records(
         r for r in records
         if r.get("eps") is not None and "robust_accuracy" in r and not (dataset and r.get("dataset") != dataset))
@@ -652,8 +645,6 @@ def records_frame(records: Sequence[dict], dataset: str | None = None) -> pd.Dat
 
 def paper_reference_frame(dataset: str) -> pd.DataFrame:
     """The paper's published ASR at its epsilon (hybrids in the paper's mode), as curve points."""
-    import pandas as pd
-
     paper = report.load_paper_results()
     columns = ["series", "model", "attack", "eps", "value"]
     if paper is None:
@@ -674,8 +665,6 @@ def paper_reference_frame(dataset: str) -> pd.DataFrame:
 
 def paper_asr_table(dataset: str) -> pd.DataFrame:
     """The paper's ASR table (%) for one dataset: models by attacks, as published."""
-    import pandas as pd
-
     paper = report.load_paper_results()
     if paper is None:
         return pd.DataFrame()
@@ -695,8 +684,6 @@ def cost_frame(records: Sequence[dict], dataset: str) -> pd.DataFrame:
     ``per_pass_ratio`` (how much dearer one pass is: the simulator). Transfer attacks, which never
     query the target, have no passes ratio.
     """
-    import pandas as pd
-
     frame_rows = []
     paper = report.load_paper_results()
     paper_seconds = report.paper_attack_seconds(paper) if paper else {}
@@ -756,8 +743,6 @@ def adaptive_summary(directory: Path | None = None) -> AdaptiveSummary | None:
 
     None when no adaptive records are committed. Numbers come only from the results files.
     """
-    import pandas as pd
-
     records, _ = load_results(directory)
     adaptive = [r for r in records if r.get("suite") == "adaptive" and r.get("asr") is not None]
     if not adaptive:
@@ -870,8 +855,6 @@ def _claim_help(entry: dict | None, what: str) -> str:
 
 def claim_card_view(card: dict) -> ClaimCardView:
     """Arrange one committed claim card for the page (no computation)."""
-    import pandas as pd
-
     spec = get_spec(card["dataset"])
     clean = card.get("clean_accuracy")
     worst = card.get("worst_case")

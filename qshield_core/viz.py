@@ -8,13 +8,10 @@ the CLI, or checked in a test.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
-
-if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the first page
-    import pandas as pd
 
 CLASSICAL_COLOUR = "#1f77b4"
 HYBRID_COLOUR = "#d62728"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 from browser_support import PAGE_TIMEOUT_MS, SETTLED_JS, healthy, launch_options, require_browser, streamlit_server
 
 from qshield_core import lab, zoo
+from qshield_core.data import REPO_ROOT as REPO
 from qshield_core.data import get_spec
 
 SESSIONS = 10
@@ -177,3 +180,52 @@ def test_concurrent_sweeps_give_the_records_of_a_solo_sweep():
         assert [comparable(r) for r in a] == [comparable(r) for r in b]
     assert solo[0][0]["key"].endswith("/n=12/seed=0/fast/samples"), "keyed as computed on the shipped samples"
     assert solo[0][0]["draws"]["n_draws"] == 5, "the randomised paper mode is judged over 5 draws"
+
+
+# A first visit while another session's thread is half-way through importing a module that Plotly reads from
+# sys.modules without importing it. The other import is held open (its module already in sys.modules, its code
+# not run) until HOLD_S has passed; the app's run must wait for it, not draw a chart against the half-made module.
+HALF_IMPORTED_APP_RUN = r"""
+import importlib.abc, importlib.util, sys, threading
+from streamlit.testing.v1 import AppTest
+
+NAME, HOLD_S = sys.argv[1], float(sys.argv[2])
+entered, release = threading.Event(), threading.Event()
+
+class HeldLoader(importlib.abc.Loader):
+    def __init__(self, real): self.real = real
+    def create_module(self, spec): return self.real.create_module(spec)
+    def exec_module(self, module):
+        entered.set()
+        release.wait(HOLD_S)
+        module.__loader__ = module.__spec__.loader = self.real
+        self.real.exec_module(module)
+
+class HoldFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != NAME:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        spec.loader = HeldLoader(spec.loader)
+        return spec
+
+assert NAME not in sys.modules, f"{NAME} imported before the test could hold it"
+sys.meta_path.insert(0, HoldFinder())
+threading.Thread(target=__import__, args=(NAME,), daemon=True).start()
+entered.wait(60)
+at = AppTest.from_file("app.py", default_timeout=600).run()
+print("EXCEPTIONS", len(at.exception), [e.value for e in at.exception][:1])
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "pandas"])
+def test_a_first_visit_while_another_session_is_importing_what_plotly_reads(module):
+    """Plotly's type checks read numpy and pandas from sys.modules without importing them: a chart drawn while
+    another thread imports either failed with 'partially initialized module' (one of ten first visits at once,
+    CI of stop 19). The app imports both before its first chart, which makes its run wait for the other import."""
+    require_models()
+    out = subprocess.run([sys.executable, "-c", HALF_IMPORTED_APP_RUN, module, "8"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "EXCEPTIONS 0 []" in out.stdout, out.stdout[-3000:]

@@ -1,5 +1,5 @@
 """Deferred imports (qshield_core.deferred): loaded once, on first read, from any thread; the app's first page
-imports neither scipy.stats nor pandas."""
+leaves scipy.stats deferred."""
 
 from __future__ import annotations
 
@@ -94,11 +94,11 @@ def test_an_imported_module_is_returned_as_it_is_and_an_unknown_one_is_refused(p
         defer_import("dpkg.nothing")
 
 
-def test_the_first_page_imports_neither_scipy_stats_nor_pandas():
-    """What the Attack Lab imports (the library, torchattacks, the pages' helpers) leaves scipy.stats deferred
-    and pandas unimported: together about 2 s of the app's first result on this machine."""
+def test_the_first_page_leaves_scipy_stats_deferred():
+    """What the Attack Lab imports (the library, torchattacks, the pages' helpers) leaves scipy.stats deferred:
+    about 1.2 s of the app's first result on this machine. (pandas it imports: Plotly needs it whole, app.py.)"""
     code = ("import sys; import streamlit; import pages._shared, qshield_core.handout, qshield_core.drawing; "
-            "import torchattacks; print(type(sys.modules['scipy.stats']).__name__, 'pandas' in sys.modules)")
+            "import torchattacks; print(type(sys.modules['scipy.stats']).__name__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == ["DeferredModule", "False"]
+    assert out.stdout.split()[-1] == "DeferredModule"
