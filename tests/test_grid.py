@@ -233,7 +233,10 @@ def slow_once(cell, *, marker_dir: str, slow_key: str, seconds: float, **kwargs)
     """Task body for the fault test: the first attempt at ``slow_key`` leaves a marker (its pid) and waits."""
     if cell.key == slow_key:
         first = not any(Path(marker_dir).iterdir())
-        Path(marker_dir, uuid.uuid4().hex).write_text(str(os.getpid()))
+        # written beside the folder and renamed into it: a watcher never reads a marker before its pid is in it
+        draft = Path(marker_dir).parent / f"{uuid.uuid4().hex}.draft"
+        draft.write_text(str(os.getpid()))
+        os.replace(draft, Path(marker_dir, draft.stem))
         if first:
             time.sleep(seconds)
     return grid.evaluate_one(cell, **kwargs)
