@@ -264,6 +264,12 @@ def _add_grid(sub) -> None:
     p.add_argument("--model-dir", type=Path, help="directory of the shipped models (default pretrained/)")
     p.add_argument("--limit", type=int, help="run at most this many cells")
     p.add_argument("--replace", action="store_true", help="recompute the cells even if they are in their files")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints/cells"),
+                   help="where each running cell keeps its finished batches, so that a cell interrupted part-way "
+                        "(a session's end, a dead worker) goes on from them when the same command is run again "
+                        "(default checkpoints/cells; on a remote cluster, a path on the workers)")
+    p.add_argument("--fresh", action="store_true",
+                   help="do not go on from batches an earlier run finished (after changing the attacks' code)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grid)
@@ -293,7 +299,8 @@ def _cmd_grid(args) -> int:
         summary = run_grid(jobs, address=args.address, workers=args.workers, retries=args.retries,
                            replace=args.replace, limit=args.limit, progress=not args.quiet, data_root=data_root,
                            model_dir=None if args.model_dir is None else str(args.model_dir.resolve()),
-                           command=command_line())
+                           command=command_line(), checkpoint_dir=str(args.checkpoint_dir.resolve()),
+                           resume=not args.fresh)
     except NoWorkersError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

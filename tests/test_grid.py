@@ -229,16 +229,40 @@ def test_cells_on_the_cluster_equal_the_serial_run_and_models_stay_loaded(client
     assert {k: grid.comparable(r) for k, r in again.items()} == {k: grid.comparable(r) for k, r in serial.items()}
 
 
+def leave_marker(marker_dir: str) -> None:
+    """A file holding this process's pid, written beside the folder and renamed into it whole (a watcher never
+    reads a marker before its pid is in it)."""
+    draft = Path(marker_dir).parent / f"{uuid.uuid4().hex}.draft"
+    draft.write_text(str(os.getpid()))
+    os.replace(draft, Path(marker_dir, draft.stem))
+
+
 def slow_once(cell, *, marker_dir: str, slow_key: str, seconds: float, **kwargs):
     """Task body for the fault test: the first attempt at ``slow_key`` leaves a marker (its pid) and waits."""
     if cell.key == slow_key:
         first = not any(Path(marker_dir).iterdir())
-        # written beside the folder and renamed into it: a watcher never reads a marker before its pid is in it
-        draft = Path(marker_dir).parent / f"{uuid.uuid4().hex}.draft"
-        draft.write_text(str(os.getpid()))
-        os.replace(draft, Path(marker_dir, draft.stem))
+        leave_marker(marker_dir)
         if first:
             time.sleep(seconds)
+    return grid.evaluate_one(cell, **kwargs)
+
+
+def stalls_after_one_batch(cell, *, marker_dir: str, slow_key: str, **kwargs):
+    """Task body: the first attempt at ``slow_key`` finishes its first batch (which its checkpoint keeps), then
+    leaves a marker and waits in its second, to be killed there."""
+    if cell.key == slow_key and not any(Path(marker_dir).iterdir()):
+        from qshield_core.evaluation import runner
+
+        real, calls = runner.run_attack, []
+
+        def run_attack(*args, **kw):
+            if calls:
+                leave_marker(marker_dir)
+                time.sleep(120)
+            calls.append(args[8])
+            return real(*args, **kw)
+
+        runner.run_attack = run_attack  # in this worker process only, which is killed
     return grid.evaluate_one(cell, **kwargs)
 
 
@@ -276,6 +300,36 @@ def test_a_worker_killed_while_it_holds_a_cell(client, serial, tmp_path):
     assert summary.failed == {} and sorted(summary.ran) == sorted(serial)
     on_file = records_by_key(jobs[0].out)
     assert {k: grid.comparable(r) for k, r in on_file.items()} == {k: grid.comparable(r) for k, r in serial.items()}
+
+
+def test_a_cell_whose_worker_is_killed_part_way_goes_on_from_its_finished_batches(client, tmp_path):
+    """The cell's first batch is done and kept, then its worker is killed: the rerun on another process attacks
+    the rest only, and its record is that of the cell run in one go (the randomised paper mode, 5 draws)."""
+    job = next(j for j in tiny_jobs(tmp_path) if j.cell.model == "hybrid-full" and j.cell.grad_mode == "paper"
+               and j.cell.attack == "fgsm")
+    markers, checkpoints = tmp_path / "markers", tmp_path / "cells"
+    markers.mkdir()
+    seen: dict = {}
+    killer = threading.Thread(target=kill_when_marked, args=(client, markers, job.cell.key, seen), daemon=True)
+    killer.start()
+    summary = grid.run_jobs(client, [job], progress=False, batch_size=8, checkpoint_dir=str(checkpoints),
+                            evaluate=functools.partial(stalls_after_one_batch, marker_dir=str(markers),
+                                                       slow_key=job.cell.key))
+    killer.join(timeout=5)
+    assert seen.get("processing"), f"the worker was not killed while it held the cell: {seen}"
+    assert summary.failed == {} and summary.ran == [job.cell.key]
+    (record,) = evaluation.load_results(job.out)
+    assert record["resumed_batches"] == 1, "the rerun went on from the first batch (n = 20, batches of 8)"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on a worker
+    try:
+        in_one_go = evaluation.evaluate_cell(job.cell.dataset, job.cell.model, job.cell.grad_mode, job.cell.attack,
+                                             job.cell.eps, job.cell.n, job.cell.seed, source=job.cell.source,
+                                             batch_size=8)
+    finally:
+        torch.set_num_threads(previous)
+    assert grid.comparable(record) == grid.comparable(in_one_go)
+    assert not list(checkpoints.iterdir()), "the finished cell's checkpoint is removed"
 
 
 def remove_workers_when_marked(client, marker_dir: Path, timeout: float = 120.0) -> None:

@@ -33,7 +33,7 @@ RECORD_SCHEMA = "qshield.record/2"
 """Version 2 adds the points' indices and kind, a resolved source in the key, and multi-draw figures."""
 
 VOLATILE_FIELDS = ("created", "seconds_total", "seconds_per_image", "hardware", "cpu_count", "torch_threads",
-                   "versions", "command", "source_file", "migrated")
+                   "versions", "command", "source_file", "migrated", "resumed_batches")
 """Fields that depend on when, where and how fast a cell ran, not on what it computed."""
 
 

@@ -44,6 +44,7 @@ from .metrics import attack_metrics, format_interval, format_percent, pack_bits,
 from .passes import DEFAULT_SHOTS, CountingModel, projected_circuit_executions
 from .points import EvalPoints, evaluation_points, resolve_source
 from .records import RECORD_SCHEMA, Cell, Record, cell_key, is_current, load_results, merge_record
+from .resume import BatchCheckpoint, BatchResult, fingerprint
 
 EVAL_SEED_OFFSET = 7919
 DRAW_SEED_STRIDE = 1_000_003
@@ -155,16 +156,21 @@ def draw_seed(seed: int, draw: int) -> int:
 
 @dataclass
 class _Tally:
-    """Per-batch outcomes of an attacked set of points, gathered by :func:`attack_points`."""
+    """The attacked batches of a set of points (:class:`BatchResult`, in order), gathered by :func:`attack_points`."""
 
-    clean: list[list[torch.Tensor]] = field(default_factory=list)  # [draw][batch]
-    adv: list[list[torch.Tensor]] = field(default_factory=list)
-    norms: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    fwd: float = 0.0
-    bwd: float = 0.0
-    s_fwd: float | None = None
-    s_bwd: float | None = None
+    batches: list[BatchResult] = field(default_factory=list)
+
+    def per_draw(self, which: str) -> list[torch.Tensor]:
+        """The predicted classes of every point, ``"clean"`` or ``"adv"``, one tensor per draw."""
+        draws = len(getattr(self.batches[0], which))
+        return [torch.cat([getattr(b, which)[d] for b in self.batches]) for d in range(draws)]
+
+    def norm(self, name: str) -> torch.Tensor:
+        return torch.cat([getattr(b, name) for b in self.batches])
+
+    def total(self, name: str) -> float | None:
+        values = [getattr(b, name) for b in self.batches]
+        return None if values[0] is None else sum(values, 0.0)
 
 
 def _batches(points: EvalPoints, batch_size: int) -> list[int]:
@@ -176,27 +182,53 @@ def attack_points(model: nn.Module, points: EvalPoints, attack: str, dataset: st
                   batch_size: int = 250, shots: int = DEFAULT_SHOTS, draws: int | None = None,
                   grad_mode: str | None = None, overrides: dict | None = None,
                   on_batch: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> dict:
+                  should_stop: Callable[[], bool] | None = None, checkpoint: BatchCheckpoint | None = None) -> dict:
     """Attack every point (batch i seeded with ``seed + i``) and measure: metrics with intervals, cost,
     perturbation norms, per-point outcomes and, for a randomised model, the figures over ``draws`` draws.
 
     ``on_batch(done, total)`` is called after every batch; ``should_stop()`` is asked before each and
-    raises :class:`Cancelled` when it returns True.
+    raises :class:`Cancelled` when it returns True. With a ``checkpoint`` (:mod:`.resume`), the batches it
+    holds are taken from it instead of attacked again, every new batch is added to it, and it is removed
+    once all are done.
     """
     overrides = dict(overrides or {})
     draws = _draws_for(model, draws)
-    tally = _Tally(clean=[[] for _ in range(draws)], adv=[[] for _ in range(draws)])
-    tally.s_fwd = tally.s_bwd = None if surrogate is None else 0.0
     batches = _batches(points, batch_size)
+    tally = _Tally(_resumable(checkpoint, points, batches, batch_size, draws))
+    resumed = len(tally.batches)
     for i, start in enumerate(batches):
+        if i < resumed:
+            if on_batch is not None:
+                on_batch(i + 1, len(batches))
+            continue
         if should_stop is not None and should_stop():
             raise Cancelled
         x, y = points.images[start:start + batch_size], points.labels[start:start + batch_size]
         out = run_attack(model, x, y, attack, dataset, eps, steps, surrogate, seed + i, **overrides)
-        _tally_batch(tally, model, x, y, out, seed + i + EVAL_SEED_OFFSET, draws)
+        tally.batches.append(_batch_result(model, x, y, out, seed + i + EVAL_SEED_OFFSET, draws))
+        if checkpoint is not None and i + 1 < len(batches):
+            checkpoint.save(tally.batches)
         if on_batch is not None:
             on_batch(i + 1, len(batches))
-    return _attack_fields(tally, points, model, attack, shots, grad_mode)
+    fields = _attack_fields(tally, points, model, attack, shots, grad_mode)
+    if resumed:
+        fields["resumed_batches"] = resumed
+    if checkpoint is not None:
+        checkpoint.remove()
+    return fields
+
+
+def _resumable(checkpoint: BatchCheckpoint | None, points: EvalPoints, batches: list[int], batch_size: int,
+               draws: int) -> list[BatchResult]:
+    """The checkpoint's batches if they fit this cell (its batch sizes and draws), else none."""
+    if checkpoint is None:
+        return []
+    done = checkpoint.load(points.images.dtype)
+    sizes = [min(batch_size, len(points.labels) - start) for start in batches]
+    fits = len(done) <= len(batches) and all(
+        len(b.clean) == draws == len(b.adv) and all(len(t) == size for t in (*b.clean, *b.adv, b.linf))
+        for b, size in zip(done, sizes, strict=False))
+    return done if fits else []
 
 
 def _draws_for(model: nn.Module, draws: int | None) -> int:
@@ -208,29 +240,27 @@ def _draws_for(model: nn.Module, draws: int | None) -> int:
     return draws
 
 
-def _tally_batch(tally: _Tally, model, x, y, out: AttackOutcome, eval_seed: int, draws: int) -> None:
+def _batch_result(model, x, y, out: AttackOutcome, eval_seed: int, draws: int) -> BatchResult:
     nb = len(y)
-    tally.clean[0].append(out.clean_pred)
-    tally.adv[0].append(out.adv_pred)
+    clean, adv = [out.clean_pred], [out.adv_pred]
     for d in range(1, draws):
-        tally.clean[d].append(predict_probs(model, x, draw_seed(eval_seed, d)).argmax(-1))
-        tally.adv[d].append(predict_probs(model, out.adv_images, draw_seed(eval_seed, d)).argmax(-1))
-    tally.norms.append(perturbation_norms(x, out.adv_images))
-    tally.seconds += out.seconds
-    tally.fwd += out.forwards_per_image * nb
-    tally.bwd += out.backwards_per_image * nb
-    if tally.s_fwd is not None:
-        tally.s_fwd += out.surrogate_forwards_per_image * nb
-        tally.s_bwd += out.surrogate_backwards_per_image * nb
+        clean.append(predict_probs(model, x, draw_seed(eval_seed, d)).argmax(-1))
+        adv.append(predict_probs(model, out.adv_images, draw_seed(eval_seed, d)).argmax(-1))
+    norms = perturbation_norms(x, out.adv_images)
+    surrogate = out.surrogate_forwards_per_image is not None
+    return BatchResult(
+        clean=clean, adv=adv, linf=norms["linf"], l2=norms["l2"], l0_pixels=norms["l0_pixels"], seconds=out.seconds,
+        forwards=out.forwards_per_image * nb, backwards=out.backwards_per_image * nb,
+        surrogate_forwards=out.surrogate_forwards_per_image * nb if surrogate else None,
+        surrogate_backwards=out.surrogate_backwards_per_image * nb if surrogate else None)
 
 
-def _draw_fields(tally: _Tally, labels: torch.Tensor) -> dict:
+def _draw_fields(clean: list[torch.Tensor], adv: list[torch.Tensor], labels: torch.Tensor) -> dict:
     """Mean and spread over the draws of a randomised model (AutoAttack's advice for randomised defences)."""
-    per_draw = [attack_metrics(labels, torch.cat(c), torch.cat(a)) for c, a in zip(tally.clean, tally.adv,
-                                                                                      strict=True)]
+    per_draw = [attack_metrics(labels, c, a) for c, a in zip(clean, adv, strict=True)]
     robust_every = torch.ones(len(labels), dtype=torch.bool)
-    for c, a in zip(tally.clean, tally.adv, strict=True):
-        robust_every &= (torch.cat(c) == labels) & (torch.cat(a) == labels)
+    for c, a in zip(clean, adv, strict=True):
+        robust_every &= (c == labels) & (a == labels)
     return {
         "n_draws": len(per_draw),
         "seeding": f"draw d classifies batch i with seed + i + {EVAL_SEED_OFFSET} + d x {DRAW_SEED_STRIDE}; "
@@ -245,19 +275,20 @@ def _draw_fields(tally: _Tally, labels: torch.Tensor) -> dict:
 
 def _attack_fields(tally: _Tally, points: EvalPoints, model, attack: str, shots: int, grad_mode: str | None) -> dict:
     n = len(points.labels)
-    clean_pred, adv_pred = torch.cat(tally.clean[0]), torch.cat(tally.adv[0])
+    clean, adv = tally.per_draw("clean"), tally.per_draw("adv")
+    clean_pred, adv_pred = clean[0], adv[0]
     metrics = attack_metrics(points.labels, clean_pred, adv_pred)
-    linf = torch.cat([m["linf"] for m in tally.norms])
-    l2 = torch.cat([m["l2"] for m in tally.norms])
-    l0 = torch.cat([m["l0_pixels"] for m in tally.norms]).float()
+    linf, l2, l0 = tally.norm("linf"), tally.norm("l2"), tally.norm("l0_pixels").float()
     fooled = (clean_pred == points.labels) & (adv_pred != points.labels)
+    seconds, fwd, bwd = tally.total("seconds"), tally.total("forwards"), tally.total("backwards")
+    s_fwd, s_bwd = tally.total("surrogate_forwards"), tally.total("surrogate_backwards")
     fields = {
         **metrics,
-        "seconds_total": tally.seconds, "seconds_per_image": tally.seconds / n,
-        "forwards_per_image": tally.fwd / n, "backwards_per_image": tally.bwd / n,
-        "surrogate_forwards_per_image": None if tally.s_fwd is None else tally.s_fwd / n,
-        "surrogate_backwards_per_image": None if tally.s_bwd is None else tally.s_bwd / n,
-        **_circuit_cost(model, attack, tally, n, shots, grad_mode),
+        "seconds_total": seconds, "seconds_per_image": seconds / n,
+        "forwards_per_image": fwd / n, "backwards_per_image": bwd / n,
+        "surrogate_forwards_per_image": None if s_fwd is None else s_fwd / n,
+        "surrogate_backwards_per_image": None if s_bwd is None else s_bwd / n,
+        **_circuit_cost(model, attack, (fwd, bwd, s_fwd, s_bwd), n, shots, grad_mode),
         "perturbation": {"linf_max": float(linf.max()), "linf_mean": float(linf.mean()),
                          "l2_mean": float(l2.mean()),
                          "l2_mean_fooled": float(l2[fooled].mean()) if bool(fooled.any()) else None,
@@ -265,21 +296,23 @@ def _attack_fields(tally: _Tally, points: EvalPoints, model, attack: str, shots:
         "per_point": {"clean_correct": pack_bits(clean_pred == points.labels),
                       "adv_correct": pack_bits(adv_pred == points.labels)},
     }
-    if len(tally.clean) > 1:
-        fields["draws"] = _draw_fields(tally, points.labels)
+    if len(clean) > 1:
+        fields["draws"] = _draw_fields(clean, adv, points.labels)
     return fields
 
 
-def _circuit_cost(model, attack: str, tally: _Tally, n: int, shots: int, grad_mode: str | None) -> dict:
+def _circuit_cost(model, attack: str, passes: tuple, n: int, shots: int, grad_mode: str | None) -> dict:
+    """Circuit executions a real QPU would need for the attack's passes ``(fwd, bwd, surrogate fwd, surrogate bwd)``."""
     hybrid = getattr(model, "model", model)
     if not isinstance(hybrid, QShieldHybrid):
         return {"projected_circuit_executions": None}
+    fwd, bwd, s_fwd, s_bwd = passes
     n_qubits = hybrid.circuit_config.n_qubits
     cost = {"projected_circuit_executions": projected_circuit_executions(
-        tally.fwd / n, tally.bwd / n, n_qubits, shots, gradient_through_circuit=grad_mode == "differentiable")}
-    if tally.s_fwd is not None and get_attack(attack).surrogate == "differentiable-twin":
+        fwd / n, bwd / n, n_qubits, shots, gradient_through_circuit=grad_mode == "differentiable")}
+    if s_fwd is not None and get_attack(attack).surrogate == "differentiable-twin":
         cost["projected_circuit_executions_surrogate"] = projected_circuit_executions(
-            tally.s_fwd / n, tally.s_bwd / n, n_qubits, shots, gradient_through_circuit=True)
+            s_fwd / n, s_bwd / n, n_qubits, shots, gradient_through_circuit=True)
     return cost
 
 
@@ -353,12 +386,15 @@ def evaluate(model: nn.Module, card: dict, points: EvalPoints, dataset: str, mod
              batch_size: int = 250, shots: int = DEFAULT_SHOTS, draws: int | None = None,
              overrides: dict | None = None, command: str | None = None,
              on_batch: Callable[[int, int], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Record:
+             should_stop: Callable[[], bool] | None = None, checkpoint_dir: str | os.PathLike | None = None,
+             resume: bool = True) -> Record:
     """The one runner: ``attack`` (or ``"none"``) on ``points`` against a loaded ``model``, as a record.
 
     The CLI's cells (:func:`evaluate_cell`) and the app's sweeps (``lab.sweep``) both call this.
     ``overrides`` lowers an attack's budget (the app does): the record then says so (``app_budget``)
-    and its key carries ``/budget=...``, so it never stands for the preset cell.
+    and its key carries ``/budget=...``, so it never stands for the preset cell. With ``checkpoint_dir``
+    an attack's finished batches are kept there (:mod:`.resume`) and, with ``resume``, a cell interrupted
+    earlier goes on from them (the record then says how many in ``resumed_batches``).
     """
     spec = get_spec(dataset)
     attack = attack.strip().lower()
@@ -377,9 +413,14 @@ def evaluate(model: nn.Module, card: dict, points: EvalPoints, dataset: str, mod
     if aspec is None:
         record.update(clean_points(model, points, seed, batch_size))
     else:
+        checkpoint = None if checkpoint_dir is None else BatchCheckpoint(checkpoint_dir, key, fingerprint(
+            key=key, weights=card.get("weights_sha256"), surrogate=surrogate_info, points=points.indices_sha256,
+            batch_size=batch_size, draws=_draws_for(model, draws), params=params, overrides=overrides, shots=shots,
+            versions=_versions()), fresh=not resume)
         record.update(attack_points(model, points, attack, spec.name, eps=eps, steps=steps, surrogate=surrogate,
                                     seed=seed, batch_size=batch_size, shots=shots, draws=draws, grad_mode=grad_mode,
-                                    overrides=overrides, on_batch=on_batch, should_stop=should_stop))
+                                    overrides=overrides, on_batch=on_batch, should_stop=should_stop,
+                                    checkpoint=checkpoint))
     return record
 
 
@@ -427,13 +468,15 @@ def evaluate_cell(dataset: str, model_name: str, grad_mode: str | None, attack: 
                   seed: int = 0, *, steps: int | None = None, backend: str = "fast", source: str = "auto",
                   data_root: str | None = None, model_dir: str | os.PathLike | None = None, batch_size: int = 250,
                   shots: int = DEFAULT_SHOTS, draws: int | None = None, progress: bool = False,
-                  command: str | None = None) -> Record:
+                  command: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                  resume: bool = True) -> Record:
     """Evaluate one cell and return its record (every metric, the exact parameters and provenance).
 
     ``attack="none"`` measures clean accuracy, the mean input-gradient norm and, for hybrids, the
     mean fusion weight alpha. Models come from the zoo (``model_dir`` overrides ``pretrained/``);
     transfer and BPDA attacks load their surrogate (the classical CNN or the differentiable twin).
     ``source="auto"`` is resolved first, and the record's key says which points were used.
+    ``checkpoint_dir`` and ``resume``: see :func:`evaluate` (batch checkpoints, :mod:`.resume`).
     """
     spec = get_spec(dataset)
     grad_mode = normalise_grad_mode(model_name, grad_mode)
@@ -456,7 +499,7 @@ def evaluate_cell(dataset: str, model_name: str, grad_mode: str | None, attack: 
         return evaluate(model, card, points, spec.name, model_name, grad_mode, attack, eps=eps, steps=steps,
                         seed=seed, surrogate=surrogate, surrogate_info=surrogate_info, backend=backend,
                         batch_size=batch_size, shots=shots, draws=draws, command=command,
-                        on_batch=lambda done, total: bar.update(1))
+                        on_batch=lambda done, total: bar.update(1), checkpoint_dir=checkpoint_dir, resume=resume)
     finally:
         bar.close()
 
