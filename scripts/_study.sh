@@ -1,7 +1,8 @@
 # Shared by scripts/{design,advtrain,seed}_study.sh (sourced from the repository root): the environment they
 # read, and the evaluate and tables steps. Each script sets what it trains and calls these.
 #   DATASETS [mnist organamnist]   STEPS [train evaluate tables]   THREADS [1, torch threads while training]
-#   MODEL_DIR [the study's folder]   OUT [results]   CKPT [checkpoints]   WORKERS, ADDRESS (as run_results.sh)
+#   MODEL_DIR [the study's folder]   OUT [results]   WORKERS, ADDRESS (as run_results.sh)
+#   CKPT [checkpoints: the trainings' epochs, and the grid's cells' finished batches in CKPT/cells]
 #   GRID_EXTRA (more grid options, e.g. "--dry-run")   TRAIN_EXTRA (more train options, e.g. a smoke run:
 #   "--data samples --epochs 1 --batch-size 50", which the tests use)
 
@@ -29,7 +30,7 @@ study_train() {  # dataset model-name train-options...: train one model (options
 
 study_evaluate_and_tables() {  # grid file, results file stem, study name (python -m qshield_core study NAME)
   if wants evaluate; then
-    local args=(--out-dir "$OUT" --dataset "${datasets[@]}")
+    local args=(--out-dir "$OUT" --dataset "${datasets[@]}" --checkpoint-dir "$CKPT/cells")
     [[ -n ${WORKERS:-} ]] && args+=(--workers "$WORKERS")
     [[ -n ${ADDRESS:-} ]] && args+=(--address "$ADDRESS")
     echo "=== $(date -u +%FT%TZ) grid $1 ${args[*]} ${grid_extra[*]}"

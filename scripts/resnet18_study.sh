@@ -43,7 +43,7 @@ if [[ " $STEPS " == *" train "* ]]; then
   for d in "${datasets[@]}"; do train "$d" resnet18-hybrid-full || exit 1; done
 fi
 if [[ " $STEPS " == *" evaluate "* ]]; then
-  args=(--out-dir "$OUT" --dataset "${datasets[@]}" --model-dir "$MODEL_DIR")
+  args=(--out-dir "$OUT" --dataset "${datasets[@]}" --model-dir "$MODEL_DIR" --checkpoint-dir "$CKPT/cells")
   [[ -n ${WORKERS:-} ]] && args+=(--workers "$WORKERS")
   [[ -n ${ADDRESS:-} ]] && args+=(--address "$ADDRESS")
   echo "=== $(date -u +%FT%TZ) grid grids/resnet18.toml ${args[*]} ${grid_extra[*]}"
