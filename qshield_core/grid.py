@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from . import evaluation
 from .data import get_spec
+from .evaluation.resume import ProgressWatch
 
 VOLATILE_FIELDS = evaluation.VOLATILE_FIELDS
 comparable = evaluation.comparable
@@ -549,9 +550,12 @@ def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETR
                              key=f"qshield-cell-{run_id}-{i}:{job.cell.key}", retries=retries): job
                for i, job in enumerate(jobs)}
     watch = _WorkerWatch(client, no_worker_grace_s)
+    batches = None if cell_kwargs.get("checkpoint_dir") is None else ProgressWatch(cell_kwargs["checkpoint_dir"])
     with tqdm(total=len(jobs), desc="grid", unit="cell", disable=not progress) as bar:
         say = log or (bar.write if progress else None)
         while futures:
+            for line in batches.news() if batches is not None and say is not None else ():
+                say(f"  {line}")
             finished = _wait_some(futures, min(WATCH_INTERVAL_S, max(no_worker_grace_s, 0.1)))
             for future in finished:
                 job = futures.pop(future)

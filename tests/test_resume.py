@@ -11,7 +11,7 @@ from conftest import require_samples
 
 from qshield_core import evaluation
 from qshield_core.evaluation import runner
-from qshield_core.evaluation.resume import BatchCheckpoint, BatchResult
+from qshield_core.evaluation.resume import BatchCheckpoint, BatchResult, ProgressWatch
 
 N, BATCH = 12, 4  # three batches
 REAL_RUN_ATTACK = runner.run_attack
@@ -122,3 +122,19 @@ def test_batch_results_round_trip_through_json_bit_for_bit(tmp_path):
         assert (loaded.seconds, loaded.backwards, loaded.surrogate_forwards, loaded.surrogate_backwards) == (
             batch.seconds, batch.backwards, None, batch.surrogate_backwards)
     assert BatchCheckpoint(tmp_path, "a/key", "f" * 64, fresh=True).load() == []
+
+
+def test_the_grid_reports_each_batch_a_running_cell_finishes(tmp_path):
+    batch = BatchResult(clean=[torch.zeros(2, dtype=torch.long)], adv=[torch.ones(2, dtype=torch.long)],
+                        linf=torch.zeros(2), l2=torch.zeros(2), l0_pixels=torch.zeros(2, dtype=torch.long),
+                        seconds=1.0, forwards=2.0, backwards=2.0)
+    watch = ProgressWatch(tmp_path / "cells")
+    assert watch.news() == [], "no folder yet"
+    first, second = BatchCheckpoint(tmp_path / "cells", "a/cell", "f"), BatchCheckpoint(tmp_path / "cells", "b", "f")
+    first.save([batch], total=4)
+    (tmp_path / "cells" / "other.json").write_text("{not json")
+    assert watch.news() == ["a/cell: batch 1 of 4 done"]
+    assert watch.news() == [], "said once"
+    first.save([batch, batch], total=4)
+    second.save([batch])
+    assert set(watch.news()) == {"a/cell: batch 2 of 4 done", "b: batch 1 done"}

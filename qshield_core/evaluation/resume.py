@@ -92,14 +92,14 @@ class BatchCheckpoint:
                           stacklevel=2)
             return []
 
-    def save(self, batches: list[BatchResult]) -> None:
-        """Write every finished batch (atomically: a temporary file, then a rename). A checkpoint that cannot be
-        written is said in a warning and the cell goes on without one."""
+    def save(self, batches: list[BatchResult], total: int | None = None) -> None:
+        """Write every finished batch, and how many the cell has in all (atomically: a temporary file, then a
+        rename). A checkpoint that cannot be written is said in a warning and the cell goes on without one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"schema": CHECKPOINT_SCHEMA, "key": self.key, "fingerprint": self.fingerprint,
-                                       "batches": [b.to_json() for b in batches]}))
+                                       "total_batches": total, "batches": [b.to_json() for b in batches]}))
             os.replace(tmp, self.path)
         except OSError as err:
             warnings.warn(f"Batch checkpoint {self.path} could not be written ({err}).", stacklevel=2)
@@ -108,4 +108,27 @@ class BatchCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
-__all__ = ["CHECKPOINT_SCHEMA", "BatchCheckpoint", "BatchResult", "fingerprint"]
+class ProgressWatch:
+    """Which cells have finished more batches since the last look, read from their checkpoints in ``directory``
+    (the grid's driver reports them: an AutoAttack cell of an hour otherwise shows nothing until it ends)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory, self.seen = Path(directory), {}
+
+    def news(self) -> list[str]:
+        """One line per cell whose checkpoint holds more batches than at the last call, e.g.
+        ``mnist/...: batch 2 of 4 done``; files that cannot be read (being replaced, or not ours) are passed over."""
+        lines = []
+        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
+            try:
+                data = json.loads(path.read_text())
+                key, done, total = data["key"], len(data["batches"]), data.get("total_batches")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if done > self.seen.get(key, 0):
+                lines.append(f"{key}: batch {done}{'' if total is None else f' of {total}'} done")
+            self.seen[key] = done
+        return lines
+
+
+__all__ = ["CHECKPOINT_SCHEMA", "BatchCheckpoint", "BatchResult", "ProgressWatch", "fingerprint"]

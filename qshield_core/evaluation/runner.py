@@ -207,7 +207,7 @@ def attack_points(model: nn.Module, points: EvalPoints, attack: str, dataset: st
         out = run_attack(model, x, y, attack, dataset, eps, steps, surrogate, seed + i, **overrides)
         tally.batches.append(_batch_result(model, x, y, out, seed + i + EVAL_SEED_OFFSET, draws))
         if checkpoint is not None and i + 1 < len(batches):
-            checkpoint.save(tally.batches)
+            checkpoint.save(tally.batches, total=len(batches))
         if on_batch is not None:
             on_batch(i + 1, len(batches))
     fields = _attack_fields(tally, points, model, attack, shots, grad_mode)
