@@ -76,6 +76,7 @@ def interrupted_checkpoint(monkeypatch, tmp_path):
     (lambda d: d.update(fingerprint="0" * 64), "have changed since"),
     (lambda d: d.update(key="mnist/another/cell"), "not this cell's"),
     (lambda d: d["batches"][0].pop("adv"), "adv"),
+    (lambda d: d["batches"][0]["clean"][0].pop(), "do not fit"),
 ])
 def test_a_checkpoint_that_does_not_fit_is_not_used(monkeypatch, tmp_path, uninterrupted, damage, message):
     path = interrupted_checkpoint(monkeypatch, tmp_path)

@@ -26,6 +26,7 @@ import functools
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -228,6 +229,9 @@ def _resumable(checkpoint: BatchCheckpoint | None, points: EvalPoints, batches: 
     fits = len(done) <= len(batches) and all(
         len(b.clean) == draws == len(b.adv) and all(len(t) == size for t in (*b.clean, *b.adv, b.linf))
         for b, size in zip(done, sizes, strict=False))
+    if not fits:
+        warnings.warn(f"Batch checkpoint {checkpoint.path} not used (its batches do not fit the cell's batch sizes "
+                      f"or draws): the cell {checkpoint.key} starts afresh.", stacklevel=3)
     return done if fits else []
 
 
