@@ -22,6 +22,21 @@ st.caption(
 )
 design.design_section(s)
 
+study_tables, study_problems = lab.study_tables(s.dataset)
+with st.expander("What the studies found: a richer circuit, device noise, finite shots, adversarial training",
+                 icon=":material/science:"):
+    for problem in study_problems:
+        st.error(problem)
+    if not study_tables:
+        st.info(f"No study has run on {spec.display_name}: the design study and the adversarial-training study "
+                "cover MNIST and OrganAMNIST (`bash scripts/design_study.sh`, `bash scripts/advtrain_study.sh`).")
+    for table in study_tables:
+        st.markdown(f"#### {table.title}")
+        st.markdown(table.caption)
+        st.dataframe(table.frame, hide_index=True, width="stretch")
+        st.caption(table.legend + " The README says what each table rests on, and what has not run yet.")
+        st.code(table.command, language="bash")
+
 loaded = ui.get_model(s.dataset, s.hybrid, s.grad_mode, s.noise)
 if not loaded.available:
     st.error(f"{s.hybrid} is unavailable for {spec.display_name}: {loaded.error}")

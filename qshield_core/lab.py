@@ -586,6 +586,55 @@ into the shipped models' cells, where a study's n = 500 CNN cell would stand for
 on 200 points."""
 
 
+STUDY_COLUMNS = ("model", "mode", "seeds", "above the CNN?", "AutoAttack robust %", "worst case robust %",
+                 "clean %", "PGD-10 ASR %", "transfer robust %", "worst case - CNN, per seed (points) [95 %]")
+"""The columns of :data:`qshield_core.studies.HEADER`, the verdict first after the model (the app's order)."""
+
+
+@dataclass(frozen=True)
+class StudyTable:
+    """One committed study's table for one dataset, as the README shows it (:mod:`qshield_core.studies`)."""
+
+    study: str
+    title: str
+    caption: str
+    """The dataset, eps and n, in Markdown."""
+    frame: pd.DataFrame
+    """One row per model (:data:`STUDY_COLUMNS`)."""
+    legend: str
+    command: str
+
+
+def study_tables(dataset: str, directory: Path | None = None) -> tuple[list[StudyTable], list[str]]:
+    """The design study's and the adversarial-training study's tables for ``dataset`` from their committed
+    results files (a study without records for it is left out), and the problems met reading them."""
+    from . import studies
+
+    directory = Path(directory or RESULTS_DIR)
+    plans = [("design", "design-study.json", "Design study: can a richer circuit be a real defence?", {},
+              studies.design_legend())]
+    if dataset in studies.ADVTRAIN_EPS:
+        plans.append(("advtrain", "advtrain.json", "Adversarial training: does the circuit add to a real defence?",
+                      {"eps": studies.ADVTRAIN_EPS[dataset], "baseline": studies.ADVTRAIN_BASELINE},
+                      studies.advtrain_legend()))
+    tables, problems = [], []
+    for study, name, title, options, legend in plans:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            records = evaluation.load_results(path)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            problems.append(f"Results file {name} could not be read ({err}).")
+            continue
+        table = studies.study_rows(records, dataset, **options)
+        if table is not None:
+            command = f"python -m qshield_core study {study} results/{name} --out results/{Path(name).stem}.md"
+            frame = pd.DataFrame(table.rows, columns=studies.HEADER)[list(STUDY_COLUMNS)]
+            tables.append(StudyTable(study, title, table.title, frame, legend, command))
+    return tables, problems
+
+
 def result_files(directory: Path | None = None) -> list[Path]:
     """The JSON result files of the shipped models under ``results/`` (sorted; :data:`STUDY_FILES` left out)."""
     directory = Path(directory or RESULTS_DIR)

@@ -168,25 +168,41 @@ def _dataset_results(records: Sequence[dict], dataset: str, eps: float | None,
     return eps, study_results(_at_eps(records, dataset, eps), dataset, baseline)
 
 
+@dataclass(frozen=True)
+class StudyRows:
+    """One dataset's study table: its title (dataset, eps, n) and its rows under :data:`HEADER`."""
+
+    title: str
+    rows: list[list[str]]
+
+
+def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
+               results: dict | None = None) -> StudyRows | None:
+    """The rows of one dataset at ``eps`` (default: the paper's), None without records. ``results``: that
+    dataset's :func:`study_results` at ``eps`` when the caller has them already."""
+    spec = get_spec(dataset)
+    if results is None:
+        eps, results = _dataset_results(records, dataset, eps, baseline)
+    eps = spec.paper_eps if eps is None else eps
+    if not results:
+        return None
+    reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
+    n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
+    rows = [_row(model, seeds, reference, model == baseline) for (model, _), seeds in results.items()]
+    in_255 = f"{eps * 255:.3g}/255"
+    title = (f"**{spec.display_name}**, eps = {in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f'{eps:g} ({in_255})'}, "
+             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
+    return StudyRows(title, rows)
+
+
 def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
                 results: dict | None = None) -> str:
     """The Markdown table of one dataset at ``eps`` (default: the paper's) (:data:`HEADER`); "" without records.
     ``results``: that dataset's :func:`study_results` at ``eps`` when the caller has them already."""
     from .report import markdown_table
 
-    spec = get_spec(dataset)
-    if results is None:
-        eps, results = _dataset_results(records, dataset, eps, baseline)
-    eps = spec.paper_eps if eps is None else eps
-    if not results:
-        return ""
-    reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
-    n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
-    rows = [_row(model, seeds, reference, model == baseline)
-            for (model, _), seeds in results.items()]
-    title = (f"**{spec.display_name}**, eps = {eps * 255:.3g}/255, "
-             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
-    return title + "\n\n" + markdown_table(HEADER, rows)
+    table = study_rows(records, dataset, eps, baseline, results)
+    return "" if table is None else table.title + "\n\n" + markdown_table(HEADER, table.rows)
 
 
 def _legend(baseline: str, attacks: str) -> str:
@@ -196,14 +212,23 @@ def _legend(baseline: str, attacks: str) -> str:
             "Newcombe's 95 % interval of the difference (independent-samples form: conservative for shared points).")
 
 
+def design_legend() -> str:
+    """How to read a design-study table."""
+    return ("Each model is attacked in the mode it was trained in. "
+            + _legend("the shipped CNN", "PGD-10, transfer from the CNN, AutoAttack"))
+
+
+def advtrain_legend() -> str:
+    """How to read an adversarial-training table."""
+    return _legend("the adversarially trained CNN", "PGD-10, transfer from the defended CNN, AutoAttack")
+
+
 def design_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "organamnist")) -> str:
     """Both datasets' tables at the paper's eps, and how to read them."""
     tables = [t for t in (study_table(records, d) for d in datasets) if t]
     if not tables:
         return "No design-study records yet: `bash scripts/design_study.sh`."
-    legend = ("Each model is attacked in the mode it was trained in. "
-              + _legend("the shipped CNN", "PGD-10, transfer from the CNN, AutoAttack"))
-    return "\n\n".join([*tables, legend])
+    return "\n\n".join([*tables, design_legend()])
 
 
 ADVTRAIN_EPS = {"mnist": 0.3, "organamnist": 8 / 255}
@@ -216,8 +241,7 @@ def advtrain_markdown(records: Sequence[dict]) -> str:
     tables = [t for t in (study_table(records, d, eps, ADVTRAIN_BASELINE) for d, eps in ADVTRAIN_EPS.items()) if t]
     if not tables:
         return "No adversarial-training records yet: `bash scripts/advtrain_study.sh`."
-    return "\n\n".join([*tables, _legend("the adversarially trained CNN",
-                                          "PGD-10, transfer from the defended CNN, AutoAttack")])
+    return "\n\n".join([*tables, advtrain_legend()])
 
 
 SEED_BASELINE = "classical@scratch"

@@ -465,6 +465,35 @@ def test_quantum_page_noise_controls_move_the_output():
     assert "depolarizing (p=1)" in texts(at)
 
 
+def test_quantum_page_shows_the_committed_studies_for_its_dataset():
+    """The design study's and the adversarial-training study's tables (the README's), by dataset; none for
+    CIFAR-10; a damaged results file is named."""
+    from qshield_core import studies
+
+    require_models("mnist", "hybrid-full")
+    lab.RESULTS_DIR.mkdir(parents=True)
+    for name in ("design-study.json", "advtrain.json"):
+        shutil.copy(REPO / "results" / name, lab.RESULTS_DIR / name)
+    at = run_app("pages/quantum_circuit.py")
+    no_exceptions(at)
+    shown = texts(at)
+    assert "Design study: can a richer circuit be a real defence?" in shown
+    assert "Adversarial training: does the circuit add to a real defence?" in shown
+    design, advtrain = (frame.value for frame in at.dataframe[:2])
+    assert sorted(design.columns) == sorted(studies.HEADER) and list(design.columns)[3] == "above the CNN?"
+    assert design.set_index("model").loc["paper-full", ["mode", "seeds"]].tolist() == ["paper", "3"]
+    assert advtrain["model"].tolist()[0] == "classical@pgd-at"
+    assert any("python -m qshield_core study design results/design-study.json" in c.value for c in at.code)
+    (lab.RESULTS_DIR / "advtrain.json").write_text("{broken")
+    at.run()
+    assert any("advtrain.json could not be read" in e.value for e in at.error)
+    assert "Design study: can a richer circuit" in texts(at), "the other study is still shown"
+    require_models("cifar10", "hybrid-full")
+    at.selectbox(key="qs_dataset").set_value("cifar10").run()
+    no_exceptions(at)
+    assert "No study has run on CIFAR-10" in texts(at)
+
+
 def test_quantum_page_paper_mode_redraws_the_projection():
     require_models("mnist", "hybrid-full")
     at = run_app("pages/quantum_circuit.py")
