@@ -190,7 +190,8 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
     n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
     rows = [_row(model, seeds, reference, model == baseline) for (model, _), seeds in results.items()]
     in_255 = f"{eps * 255:.3g}/255"
-    title = (f"**{spec.display_name}**, eps = {in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f'{eps:g} ({in_255})'}, "
+    eps_text = in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f"{eps:g} ({in_255})"
+    title = (f"**{spec.display_name}**, eps = {eps_text}, "
              f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
     return StudyRows(title, rows)
 
