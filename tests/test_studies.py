@@ -11,6 +11,7 @@ from qshield_core.studies import (
     ADVTRAIN_EPS,
     advtrain_markdown,
     design_study_markdown,
+    ordering_check,
     seed_study_markdown,
     split_seed,
     study_results,
@@ -154,15 +155,22 @@ def test_every_study_grid_writes_a_file_the_app_leaves_out(grid):
 
 def test_the_seed_study_says_whether_the_papers_ordering_stands_outside_the_seed_spread():
     def seeds(model: str, robust_counts: list[int]) -> list[dict]:
-        return [dict(r, grad_mode="paper") for s, k in enumerate(robust_counts)
-                for r in design("x", s, pgd=set(range(k)), aa=set(range(k)))[:2]
-                for r in [dict(r, model=f"{model}@scratch-s{s}")]]
+        """Clean and PGD in the paper's mode; AutoAttack and a PGD the ordering must not read, differentiable."""
+        paper = [dict(r, grad_mode="paper") for s, k in enumerate(robust_counts)
+                 for r in design("x", s, pgd=set(range(k)), aa=set(range(k)))[:2]
+                 for r in [dict(r, model=f"{model}@scratch-s{s}")]]
+        differentiable = [dict(r, model=f"{model}@scratch-s{s}") for s in range(len(robust_counts))
+                          for r in design("x", s, pgd=set(), aa=set(range(10))) if r["attack"] in ("pgd", "autoattack")]
+        return paper + differentiable
     cnn = [dict(r, model="classical@scratch-s0") for r in CNN]
     # PGD robust counts rise none < linear < star < full, so ASR falls: the paper's ordering, well apart
     clear = (seeds("hybrid-none", [100, 102, 98]) + seeds("hybrid-linear", [200, 204, 196])
              + seeds("hybrid-star", [300, 302, 298]) + seeds("hybrid-full", [400, 404, 396]))
     text = seed_study_markdown(cnn + clear)
     assert "It stands outside the seed-to-seed spread" in text and "none - linear: +20.0" in text
+    backwards = dict(reversed(study_results(cnn + clear, "mnist", "classical@scratch").items()))
+    assert [round(100 * p[2], 1) for p in ordering_check(backwards)] == [20.0, 20.0, 20.0], \
+        "the ordering reads the paper mode's PGD, whichever row comes first"
     noisy = (seeds("hybrid-none", [100, 300, 200]) + seeds("hybrid-linear", [210, 110, 290])
              + seeds("hybrid-star", [300, 302, 298]) + seeds("hybrid-full", [400, 404, 396]))
     assert "does not stand outside" in seed_study_markdown(cnn + noisy)
