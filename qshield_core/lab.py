@@ -586,6 +586,8 @@ into the shipped models' cells, where a study's n = 500 CNN cell would stand for
 on 200 points."""
 
 
+STUDY_DATASETS = ("mnist", "organamnist")
+"""The datasets the design study and the adversarial-training study run on (grids/design-study.toml, advtrain.toml)."""
 STUDY_COLUMNS = ("model", "mode", "seeds", "above the CNN?", "AutoAttack robust %", "worst case robust %",
                  "clean %", "PGD-10 ASR %", "transfer robust %", "worst case - CNN, per seed (points) [95 %]")
 """The columns of :data:`qshield_core.studies.HEADER`, the verdict first after the model (the app's order)."""

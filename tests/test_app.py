@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from qshield_core import lab, zoo
+from qshield_core import evaluation, lab, zoo
 from qshield_core.data import MAX_UPLOAD_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -472,8 +472,9 @@ def test_quantum_page_shows_the_committed_studies_for_its_dataset():
 
     require_models("mnist", "hybrid-full")
     lab.RESULTS_DIR.mkdir(parents=True)
-    for name in ("design-study.json", "advtrain.json"):
-        shutil.copy(REPO / "results" / name, lab.RESULTS_DIR / name)
+    for name in ("design-study.json", "advtrain.json"):  # the committed MNIST cells
+        records = [r for r in evaluation.load_results(REPO / "results" / name) if r["dataset"] == "mnist"]
+        evaluation.save_results(lab.RESULTS_DIR / name, records)
     at = run_app("pages/quantum_circuit.py")
     no_exceptions(at)
     shown = texts(at)
@@ -491,7 +492,10 @@ def test_quantum_page_shows_the_committed_studies_for_its_dataset():
     require_models("cifar10", "hybrid-full")
     at.selectbox(key="qs_dataset").set_value("cifar10").run()
     no_exceptions(at)
-    assert "No study has run on CIFAR-10" in texts(at)
+    assert "The studies do not cover CIFAR-10" in texts(at)
+    require_models("organamnist", "hybrid-full")
+    at.selectbox(key="qs_dataset").set_value("organamnist").run()
+    assert "No cell of the studies has run on OrganAMNIST yet" in texts(at), "these files hold MNIST's cells only"
 
 
 def test_quantum_page_paper_mode_redraws_the_projection():
