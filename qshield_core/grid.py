@@ -550,7 +550,8 @@ def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETR
                              key=f"qshield-cell-{run_id}-{i}:{job.cell.key}", retries=retries): job
                for i, job in enumerate(jobs)}
     watch = _WorkerWatch(client, no_worker_grace_s)
-    batches = None if cell_kwargs.get("checkpoint_dir") is None else ProgressWatch(cell_kwargs["checkpoint_dir"])
+    batches = (None if cell_kwargs.get("checkpoint_dir") is None
+               else ProgressWatch(cell_kwargs["checkpoint_dir"], keys=(j.cell.key for j in jobs)))
     with tqdm(total=len(jobs), desc="grid", unit="cell", disable=not progress) as bar:
         say = log or (bar.write if progress else None)
         while futures:

@@ -77,6 +77,7 @@ def interrupted_checkpoint(monkeypatch, tmp_path):
     (lambda d: d.update(key="mnist/another/cell"), "not this cell's"),
     (lambda d: d["batches"][0].pop("adv"), "adv"),
     (lambda d: d["batches"][0]["clean"][0].pop(), "do not fit"),
+    (lambda d: (d.clear(), d.update(schema=None)), "not this cell's"),
 ])
 def test_a_checkpoint_that_does_not_fit_is_not_used(monkeypatch, tmp_path, uninterrupted, damage, message):
     path = interrupted_checkpoint(monkeypatch, tmp_path)
@@ -93,11 +94,12 @@ def test_a_checkpoint_that_does_not_fit_is_not_used(monkeypatch, tmp_path, unint
 def test_a_corrupt_checkpoint_is_not_used_and_fresh_ignores_a_good_one(monkeypatch, tmp_path, uninterrupted):
     path = interrupted_checkpoint(monkeypatch, tmp_path)
     good = path.read_bytes()
-    path.write_bytes(good[: len(good) // 2])
-    seeds = counting_run_attack(monkeypatch)
-    with pytest.warns(UserWarning, match="not used"):
-        cell(checkpoint_dir=tmp_path)
-    assert seeds == [0, 1, 2]
+    for damaged in (good[: len(good) // 2], b"[]"):
+        path.write_bytes(damaged)
+        seeds = counting_run_attack(monkeypatch)
+        with pytest.warns(UserWarning, match="not used"):
+            cell(checkpoint_dir=tmp_path)
+        assert seeds == [0, 1, 2]
     path.write_bytes(good)
     seeds = counting_run_attack(monkeypatch)
     record = cell(checkpoint_dir=tmp_path, resume=False)
@@ -139,3 +141,8 @@ def test_the_grid_reports_each_batch_a_running_cell_finishes(tmp_path):
     first.save([batch, batch], total=4)
     second.save([batch])
     assert set(watch.news()) == {"a/cell: batch 2 of 4 done", "b: batch 1 done"}
+    only_b = ProgressWatch(tmp_path / "cells", keys=["b"])
+    assert only_b.news() == ["b: batch 1 done"], "another run's cell is not reported"
+    (tmp_path / "cells" / "list.json").write_text("[]")
+    second.save([batch, batch])
+    assert only_b.news() == ["b: batch 2 done"]

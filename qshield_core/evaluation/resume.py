@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class BatchCheckpoint:
             if data.get("fingerprint") != self.fingerprint:
                 raise ValueError("the model, the points or the attack's parameters have changed since")
             return [BatchResult.from_json(b, norm_dtype) for b in data["batches"]]
-        except (OSError, ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError: a ValueError
             warnings.warn(f"Batch checkpoint {self.path} not used ({err}): the cell {self.key} starts afresh.",
                           stacklevel=2)
             return []
@@ -112,8 +113,10 @@ class ProgressWatch:
     """Which cells have finished more batches since the last look, read from their checkpoints in ``directory``
     (the grid's driver reports them: an AutoAttack cell of an hour otherwise shows nothing until it ends)."""
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, keys: Iterable[str] | None = None) -> None:
+        """``keys``: the cells to report (default: every checkpoint in ``directory``, other runs' too)."""
         self.directory, self.seen = Path(directory), {}
+        self.keys = None if keys is None else set(keys)
 
     def news(self) -> list[str]:
         """One line per cell whose checkpoint holds more batches than at the last call, e.g.
@@ -123,7 +126,9 @@ class ProgressWatch:
             try:
                 data = json.loads(path.read_text())
                 key, done, total = data["key"], len(data["batches"]), data.get("total_batches")
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if self.keys is not None and key not in self.keys:
                 continue
             if done > self.seen.get(key, 0):
                 lines.append(f"{key}: batch {done}{'' if total is None else f' of {total}'} done")
