@@ -272,6 +272,8 @@ def main() -> None:
     parser.add_argument("--ratio-batch", type=int, default=128,
                         help="part 4 also times forward+backward on a batch of this size (0: not)")
     parser.add_argument("--no-browser", action="store_true", help="skip the parts that need Chromium")
+    parser.add_argument("--only-browser", action="store_true",
+                        help="only the server start, first result and clicks in Chromium (for interleaved runs)")
     parser.add_argument("--launcher", choices=["serve", "streamlit"], default="serve",
                         help="start the server as make run does (serve) or with plain streamlit run")
     args = parser.parse_args()
@@ -279,6 +281,8 @@ def main() -> None:
           f"Chromium {CHROMIUM}")
     if not (args.no_browser or args.only_ratios):
         bench_browser(args.clicks, args.launcher)
+    if args.only_browser:
+        return
     if not args.only_ratios:
         bench_attack(args.images)
     earlier = ["stages"] * args.with_stages + ["before"] * args.with_reference

@@ -6,18 +6,23 @@ after PyTorch's own (about 1.2 s here, beyond the part of scipy torchattacks nee
 :func:`defer_import` puts a stand-in for such a module in ``sys.modules``: the importing library binds it,
 and the real module is imported, once, on the first attribute read, from whichever thread reads first,
 under the import system's own lock for that module (no lock of ours is held during an import, so none can
-deadlock with it). Later imports get the real module. The standard library's ``importlib.util.LazyLoader``
-does the same, but on Python 3.11 two threads reading a lazy module at once can see it half-initialised
-(CPython gh-114763, fixed in 3.12.3), and the app reads from several threads.
+deadlock with it). Later imports get the real module. A module that a library imports with
+``from module import function`` (which reads the function at once) is deferred with ``functions=``: the
+stand-in has a forwarding function under each of those names, which imports the module on its first call.
+A stand-in for a submodule does not import its parent packages either. The standard library's
+``importlib.util.LazyLoader`` does the same, but on Python 3.11 two threads reading a lazy module at once
+can see it half-initialised (CPython gh-114763, fixed in 3.12.3), and the app reads from several threads.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import threading
 import types
+from collections.abc import Callable, Sequence
 
 
 class DeferredModule(types.ModuleType):
@@ -53,24 +58,54 @@ class DeferredModule(types.ModuleType):
         self._deferred_module = module
         return module
 
+    def _forward(self, name: str) -> Callable:
+        """A function that imports the module on its first call and calls the module's ``name``."""
+        module_name = self.__name__
+
+        def forwarding(*args, **kwargs):
+            return getattr(self._load(), name)(*args, **kwargs)
+
+        forwarding.__name__ = forwarding.__qualname__ = name
+        forwarding.__module__ = module_name
+        forwarding.__doc__ = f"{module_name}.{name}, imported on the first call (qshield_core.deferred)."
+        return forwarding
+
     def __getattr__(self, name: str):  # called only for names the stand-in does not have itself
+        if name == "__path__":  # a module, not a package (the import system asks at every ``from m import f``)
+            raise AttributeError(f"module {self.__name__!r} has no attribute '__path__'")
         return getattr(self._load(), name)
 
     def __dir__(self) -> list[str]:
         return dir(self._load())
 
 
-def defer_import(name: str) -> types.ModuleType:
+def defer_import(name: str, *, functions: Sequence[str] = ()) -> types.ModuleType:
     """The module ``name`` if it is imported already, else a :class:`DeferredModule` for it (also put in
-    ``sys.modules``, and on its parent package, so that ``from parent import name`` finds it)."""
+    ``sys.modules``, and on its parent package when that is imported, so that ``from parent import name`` finds
+    it). Each of ``functions`` is, on the stand-in, a function that imports the module on its first call."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
+    spec = _find_spec_without_importing(name)
     if spec is None:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     stand_in = DeferredModule(spec)
+    for function in functions:
+        setattr(stand_in, function, stand_in._forward(function))
     _bind(name, stand_in)
     return stand_in
+
+
+def _find_spec_without_importing(name: str) -> importlib.machinery.ModuleSpec | None:
+    """``importlib.util.find_spec``, except that parent packages not imported yet are searched on their
+    paths instead of being imported (importing torchattacks to defer one of its submodules would defeat it)."""
+    parts = name.split(".")
+    imported = next(i for i in range(len(parts), 0, -1) if i == 1 or ".".join(parts[:i - 1]) in sys.modules)
+    spec = importlib.util.find_spec(".".join(parts[:imported]))
+    for i in range(imported + 1, len(parts) + 1):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i]), spec.submodule_search_locations)
+    return spec
 
 
 def _bind(name: str, module: types.ModuleType | None) -> None:
@@ -82,5 +117,5 @@ def _bind(name: str, module: types.ModuleType | None) -> None:
             delattr(sys.modules[parent], child)
     else:
         sys.modules[name] = module
-        if parent:
+        if parent in sys.modules:
             setattr(sys.modules[parent], child, module)

@@ -30,9 +30,11 @@ import math
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from .data import DatasetSpec, ImageInputError, PreparedImage, get_spec, open_image
+from .deferred import defer_import
+
+ndimage = defer_import("scipy.ndimage")  # on the first drawing: the pages import this module at their start
 
 MNIST_SIZE = 28
 MNIST_BOX = 20
