@@ -23,19 +23,21 @@ st.caption(
 design.design_section(s)
 
 study_tables, study_problems = lab.study_tables(s.dataset)
-with st.expander("What the studies found: a richer circuit, device noise, finite shots, adversarial training",
-                 icon=":material/science:"):
+with st.expander("What the studies found: a richer circuit, device noise, finite shots, adversarial training, "
+                 "the paper's models over seeds", icon=":material/science:"):
     for problem in study_problems:
         st.error(problem)
     if not study_tables and s.dataset in lab.STUDY_DATASETS:
-        st.info(f"No cell of the studies has run on {spec.display_name} yet (`bash scripts/design_study.sh`, "
-                "`bash scripts/advtrain_study.sh`).")
+        scripts = ", ".join(f"`bash {script}`" for script in lab.STUDY_SCRIPTS)
+        st.info(f"No cell of the studies has run on {spec.display_name} yet ({scripts}).")
     elif not study_tables:
         st.info(f"The studies do not cover {spec.display_name}: they run on MNIST and OrganAMNIST.")
     for table in study_tables:
         st.markdown(f"#### {table.title}")
         st.markdown(table.caption)
         st.dataframe(table.frame, hide_index=True, width="stretch")
+        if table.note:
+            st.markdown(table.note)
         st.caption(table.legend + " The README says what each table rests on, and what has not run yet.")
         st.code(table.command, language="bash")
 

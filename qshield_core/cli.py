@@ -331,16 +331,17 @@ def _add_table(sub) -> None:
     p.set_defaults(func=_cmd_table)
 
 
-STUDIES = ("design", "advtrain", "seed")
-
-
 def _add_study(sub) -> None:
-    p = sub.add_parser("study", help="the table of a study (results/design-study.json, results/advtrain.json)",
+    from .studies import STUDIES
+
+    p = sub.add_parser("study", help="the table of a study (results/design-study.json, advtrain.json, seed-study.json)",
                        description="One row per model and mode: its seeds' mean and spread (clean, PGD-10, transfer, "
                                    "AutoAttack, the per-point worst case) beside the CNN's, and whether it exceeds "
                                    "the CNN beyond the intervals (qshield_core.studies). design: at the paper's eps "
-                                   "beside the shipped CNN; advtrain: at the training eps beside the defended CNN.")
-    p.add_argument("study", choices=STUDIES)
+                                   "beside the shipped CNN; advtrain: at the training eps beside the defended CNN; "
+                                   "seed: the paper's models trained from scratch over seeds, with the check of the "
+                                   "paper's entanglement ordering.")
+    p.add_argument("study", choices=list(STUDIES))
     p.add_argument("json", nargs="+", type=Path, help="results file(s) of the study (merged)")
     p.add_argument("--out", type=Path, help="write the Markdown here instead of printing")
     p.add_argument("--readme", type=Path, help="also update the <!-- qshield:STUDY-study --> block of this file")
@@ -349,10 +350,9 @@ def _add_study(sub) -> None:
 
 def _cmd_study(args) -> int:
     from .report import update_marked_blocks
-    from .studies import advtrain_markdown, design_study_markdown, seed_study_markdown
+    from .studies import STUDIES
 
-    render = {"design": design_study_markdown, "advtrain": advtrain_markdown, "seed": seed_study_markdown}[args.study]
-    text = render(_merged_records(args.json))
+    text = STUDIES[args.study].markdown(_merged_records(args.json))
     updated = _readme_update(args.readme, lambda t: update_marked_blocks(t, {f"{args.study}-study": text}))
     _write_report(f"# The {args.study} study\n\nRegenerate: `{command_line()}`\n\n{text}\n", args.out,
                   f"wrote {args.out}")

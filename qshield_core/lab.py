@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import evaluation, report, rng, zoo
+from . import evaluation, report, rng, studies, zoo
 from .attacks import ATTACKS, EPS_RANGE, attack_params, get_attack
 from .data import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, REPO_ROOT, Sample, get_spec, list_samples, load_sample_image
 from .evaluation import (
@@ -580,12 +580,11 @@ def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str
 # --------------------------------------------------------------------------- result frames
 
 
-STUDY_FILES = ("design-study.json", "advtrain.json", "seed-study.json")
+STUDY_FILES = tuple(study.results_file for study in studies.STUDIES.values())
+STUDY_SCRIPTS = tuple(study.script for study in studies.STUDIES.values())
 """Results of the studies (their own models, their own points and n): shown by their own tables, not merged
 into the shipped models' cells, where a study's n = 500 CNN cell would stand for the CNN beside hybrids measured
 on 200 points."""
-
-
 STUDY_DATASETS = ("mnist", "organamnist")
 """The datasets the design study and the adversarial-training study run on (grids/design-study.toml, advtrain.toml)."""
 STUDY_COLUMNS = ("model", "mode", "seeds", "above the CNN?", "AutoAttack robust %", "worst case robust %",
@@ -605,35 +604,30 @@ class StudyTable:
     """One row per model (:data:`STUDY_COLUMNS`)."""
     legend: str
     command: str
+    note: str = ""
+    """A finding beside the table (the seed study's ordering check), in Markdown."""
 
 
 def study_tables(dataset: str, directory: Path | None = None) -> tuple[list[StudyTable], list[str]]:
-    """The design study's and the adversarial-training study's tables for ``dataset`` from their committed
-    results files (a study without records for it is left out), and the problems met reading them."""
-    from . import studies
-
+    """Each study's table for ``dataset`` (:data:`qshield_core.studies.STUDIES`) from its committed results file
+    (a study without records for it is left out), and the problems met reading them."""
     directory = Path(directory or RESULTS_DIR)
-    plans = [("design", "design-study.json", "Design study: can a richer circuit be a real defence?", {},
-              studies.design_legend())]
-    if dataset in studies.ADVTRAIN_EPS:
-        plans.append(("advtrain", "advtrain.json", "Adversarial training: does the circuit add to a real defence?",
-                      {"eps": studies.ADVTRAIN_EPS[dataset], "baseline": studies.ADVTRAIN_BASELINE},
-                      studies.advtrain_legend()))
     tables, problems = [], []
-    for study, name, title, options, legend in plans:
-        path = directory / name
-        if not path.is_file():
+    for study in studies.STUDIES.values():
+        options, path = study.row_options(dataset), directory / study.results_file
+        if options is None or not path.is_file():
             continue
         try:
             records = evaluation.load_results(path)
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            problems.append(f"Results file {name} could not be read ({err}).")
+            problems.append(f"Results file {study.results_file} could not be read ({err}).")
             continue
         table = studies.study_rows(records, dataset, **options)
         if table is not None:
-            command = f"python -m qshield_core study {study} results/{name} --out results/{Path(name).stem}.md"
             frame = pd.DataFrame(table.rows, columns=studies.HEADER)[list(STUDY_COLUMNS)]
-            tables.append(StudyTable(study, title, table.title, frame, legend, command))
+            note = study.note(records, dataset) if study.note else ""
+            tables.append(StudyTable(study.name, study.title, table.title, frame, study.legend(), study.command,
+                                     note))
     return tables, problems
 
 

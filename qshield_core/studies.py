@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .data import get_spec
@@ -284,6 +284,17 @@ def _ordering_text(pairs: list) -> str:
             f"interval over seeds, points: {'; '.join(parts)}. It {verdict}.")
 
 
+def seed_legend() -> str:
+    """How to read a seed-study table."""
+    return _legend("the CNN trained the same way", "PGD-10, AutoAttack")
+
+
+def seed_study_note(records: Sequence[dict], dataset: str) -> str:
+    """Whether the paper's entanglement ordering stands outside the seed-to-seed spread on ``dataset``."""
+    _, results = _dataset_results(records, dataset, None, SEED_BASELINE)
+    return _ordering_text(ordering_check(results)) if results else ""
+
+
 def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "organamnist")) -> str:
     """Per dataset at the paper's eps: each model's seeds beside the CNN's, and the ordering check."""
     parts = []
@@ -294,4 +305,43 @@ def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mni
             parts += [table, _ordering_text(ordering_check(results))]
     if not parts:
         return "No seed-study records yet: `bash scripts/seed_study.sh`."
-    return "\n\n".join([*parts, _legend("the CNN trained the same way", "PGD-10, AutoAttack")])
+    return "\n\n".join([*parts, seed_legend()])
+
+
+@dataclass(frozen=True)
+class Study:
+    """One of the project's studies: its results file under ``results/``, the script that runs it, how its
+    records are read for a dataset (:func:`study_rows`' options; None: it does not run on that dataset) and
+    rendered (the README's block, the app's table)."""
+
+    name: str
+    """As ``python -m qshield_core study NAME`` takes it; the README's block is ``NAME-study``."""
+    results_file: str
+    title: str
+    script: str
+    markdown: Callable[[Sequence[dict]], str]
+    legend: Callable[[], str]
+    row_options: Callable[[str], dict | None]
+    note: Callable[[Sequence[dict], str], str] | None = None
+    """A sentence beside a dataset's table (the seed study's ordering check)."""
+
+    @property
+    def command(self) -> str:
+        """The command that regenerates its tables from its committed results."""
+        stem = self.results_file.removesuffix(".json")
+        return f"python -m qshield_core study {self.name} results/{self.results_file} --out results/{stem}.md"
+
+
+STUDIES: dict[str, Study] = {study.name: study for study in (
+    Study("design", "design-study.json", "Design study: can a richer circuit be a real defence?",
+          "scripts/design_study.sh", design_study_markdown, design_legend, lambda dataset: {}),
+    Study("advtrain", "advtrain.json", "Adversarial training: does the circuit add to a real defence?",
+          "scripts/advtrain_study.sh", advtrain_markdown, advtrain_legend,
+          lambda dataset: ({"eps": ADVTRAIN_EPS[dataset], "baseline": ADVTRAIN_BASELINE}
+                           if dataset in ADVTRAIN_EPS else None)),
+    Study("seed", "seed-study.json", "Seed study: the paper's entanglement ordering over training seeds",
+          "scripts/seed_study.sh", seed_study_markdown, seed_legend,
+          lambda dataset: {"baseline": SEED_BASELINE}, seed_study_note),
+)}
+"""Every study, by name: the CLI, the app and the results loader (which leaves their files out of the shipped
+models' cells) read this one list."""
