@@ -13,5 +13,8 @@ defer_import("scipy.stats")
 # Its One Pixel attack imports differential_evolution from a module that imports scipy.optimize (0.5-0.6 s more):
 # a forwarding function stands in for it until One Pixel first runs. (Another torchattacks without that module
 # is imported as it is.)
+# numba, loading the hybrid head's kernels, checks for a BLAS with `import scipy.linalg.cython_blas`: with
+# scipy.linalg deferred that imports the one submodule, not the package (about 0.5 s).
+defer_import("scipy.linalg")
 with contextlib.suppress(ModuleNotFoundError):
     defer_import("torchattacks.attacks._differential_evolution", functions=("differential_evolution",))

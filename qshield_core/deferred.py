@@ -55,6 +55,7 @@ class DeferredModule(types.ModuleType):
                 if self.__name__ not in sys.modules:  # a failed import leaves nothing: stand in again
                     _bind(self.__name__, self)
             raise
+        _adopt_submodules(module)
         self._deferred_module = module
         return module
 
@@ -106,6 +107,17 @@ def _find_spec_without_importing(name: str) -> importlib.machinery.ModuleSpec | 
             return None
         spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i]), spec.submodule_search_locations)
     return spec
+
+
+def _adopt_submodules(package: types.ModuleType) -> None:
+    """Bind on ``package`` its submodules imported while the stand-in held its place (``import
+    scipy.linalg.cython_blas`` imports that submodule alone, through the stand-in's ``__path__``, and binds it
+    on the stand-in), as the import system binds every submodule on its parent."""
+    prefix = package.__name__ + "."
+    for name, module in list(sys.modules.items()):
+        child = name.removeprefix(prefix)
+        if name.startswith(prefix) and "." not in child and child not in vars(package) and module is not None:
+            setattr(package, child, module)
 
 
 def _bind(name: str, module: types.ModuleType | None) -> None:
