@@ -39,5 +39,8 @@ train: setup  ## retrain every shipped model from scratch (about 60 minutes on 2
 results: setup  ## regenerate results/*.json and their tables (long; resumable)
 	bash scripts/run_results.sh
 
+screenshots: setup  ## refresh the README's pictures (docs/screenshots) from the browser tests
+	QSHIELD_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_e2e.py tests/test_e2e_story.py
+
 clean:
 	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache
