@@ -6,12 +6,16 @@ after PyTorch's own (about 1.2 s here, beyond the part of scipy torchattacks nee
 :func:`defer_import` puts a stand-in for such a module in ``sys.modules``: the importing library binds it,
 and the real module is imported, once, on the first attribute read, from whichever thread reads first,
 under the import system's own lock for that module (no lock of ours is held during an import, so none can
-deadlock with it). Later imports get the real module. A module that a library imports with
-``from module import function`` (which reads the function at once) is deferred with ``functions=``: the
-stand-in has a forwarding function under each of those names, which imports the module on its first call.
-A stand-in for a submodule does not import its parent packages either. The standard library's
-``importlib.util.LazyLoader`` does the same, but on Python 3.11 two threads reading a lazy module at once
-can see it half-initialised (CPython gh-114763, fixed in 3.12.3), and the app reads from several threads.
+deadlock with it). Later imports get the real module. The standard library's ``importlib.util.LazyLoader``
+does the same, but on Python 3.11 two threads reading a lazy module at once can see it half-initialised
+(CPython gh-114763, fixed in 3.12.3), and the app reads from several threads.
+
+Two cases beyond that: a module that a library imports with ``from module import function`` (which reads
+the function at once) is deferred with ``functions=``, and the stand-in has under each of those names a
+forwarding function that imports the module on its first call; and a stand-in for a submodule does not
+import its parent packages (deferring a submodule of torchattacks must not import torchattacks). A package's
+submodules imported through the stand-in (``import scipy.linalg.cython_blas``) are bound on the real package
+once it is imported.
 """
 
 from __future__ import annotations
