@@ -535,23 +535,25 @@ class ResultsWriter:
 def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETRIES,
              evaluate: Callable[..., dict] = evaluate_one, progress: bool = True,
              log: Callable[[str], None] | None = None, no_worker_grace_s: float = NO_WORKER_GRACE_S,
-             **cell_kwargs) -> GridSummary:
+             checkpoint_dir: str | None = None, **cell_kwargs) -> GridSummary:
     """Run ``jobs`` as tasks on ``client``'s cluster and write each record to its stage's file as it arrives.
 
     ``evaluate(cell, **cell_kwargs) -> record`` is the task body (it must be importable or picklable
-    on the workers). No job is skipped here: see :func:`pending`. A killed worker's cell is rerun on
-    another (or on the worker its nanny restarts); a cluster left with no worker at all for
-    ``no_worker_grace_s`` (e.g. a worker that stopped answering was removed and could not be restarted)
-    raises :class:`NoWorkersError` instead of waiting for ever."""
+    on the workers); ``checkpoint_dir``, where the cells keep their finished batches, is passed on to it
+    as well, and the log says each batch a running cell finishes. No job is skipped here: see
+    :func:`pending`. A killed worker's cell is rerun on another (or on the worker its nanny restarts); a
+    cluster left with no worker at all for ``no_worker_grace_s`` (e.g. a worker that stopped answering was
+    removed and could not be restarted) raises :class:`NoWorkersError` instead of waiting for ever."""
     summary, start = GridSummary(), time.perf_counter()
+    if checkpoint_dir is not None:
+        cell_kwargs = {**cell_kwargs, "checkpoint_dir": checkpoint_dir}
     writer = ResultsWriter(j.out for j in jobs)
     run_id = uuid.uuid4().hex[:8]
     futures = {client.submit(_CALL, cloudpickle.dumps((_task, (job.cell, evaluate, cell_kwargs))), pure=False,
                              key=f"qshield-cell-{run_id}-{i}:{job.cell.key}", retries=retries): job
                for i, job in enumerate(jobs)}
     watch = _WorkerWatch(client, no_worker_grace_s)
-    batches = (None if cell_kwargs.get("checkpoint_dir") is None
-               else ProgressWatch(cell_kwargs["checkpoint_dir"], keys=(j.cell.key for j in jobs)))
+    batches = None if checkpoint_dir is None else ProgressWatch(checkpoint_dir, keys=(j.cell.key for j in jobs))
     with tqdm(total=len(jobs), desc="grid", unit="cell", disable=not progress) as bar:
         say = log or (bar.write if progress else None)
         while futures:
