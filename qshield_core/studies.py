@@ -286,7 +286,7 @@ def _ordering_text(pairs: list) -> str:
 
 def seed_legend() -> str:
     """How to read a seed-study table."""
-    return _legend("the CNN trained the same way", "PGD-10, AutoAttack")
+    return _legend("the same-recipe CNN", "PGD-10, AutoAttack")
 
 
 def seed_study_note(records: Sequence[dict], dataset: str) -> str:
