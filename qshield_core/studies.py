@@ -132,7 +132,18 @@ def _mean_sd(values: Sequence[float | None], ci: Sequence[float] | None = None) 
     return f"{_pct(s['mean'])} ± {_pct(s['std'])}"
 
 
-def _row(name: str, seeds: list[SeedResult], baseline: SeedResult | None, is_baseline: bool) -> list[str]:
+def _reference_for(seed: SeedResult, baselines: Sequence[SeedResult]) -> SeedResult | None:
+    """The baseline a seed is compared with: the one baseline model, or the baseline of the same seed
+    (a study that trains its CNN over seeds as well)."""
+    if len(baselines) == 1:
+        return baselines[0]
+    return next((b for b in baselines if b.seed == seed.seed), None)
+
+
+def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is_baseline: bool,
+         autoattack_modes: Sequence[str] | None = None) -> list[str]:
+    """One model's row; a hybrid mode outside ``autoattack_modes`` (None: every mode) is not attacked by
+    AutoAttack in its study, and says where its AutoAttack is instead of "pending"."""
     one = len(seeds) == 1
     aa = [s.autoattack for s in seeds]
     aa_text = _mean_sd([None if r is None else r["robust_accuracy"] for r in aa],
@@ -142,13 +153,16 @@ def _row(name: str, seeds: list[SeedResult], baseline: SeedResult | None, is_bas
     worst = [s.worst if s.complete else None for s in seeds]  # no worst case before AutoAttack has run
     worst_text = _mean_sd([None if w is None else w.robust_accuracy for w in worst],
                           worst[0].robust_accuracy_ci if one and worst[0] else None)
-    diffs = [] if is_baseline else [difference_from(s, baseline) for s in seeds]
+    mode = seeds[0].grad_mode or "-"
+    judged = is_baseline or autoattack_modes is None or seeds[0].grad_mode in (None, *autoattack_modes)
+    diffs = [] if not judged or is_baseline else [difference_from(s, _reference_for(s, baselines)) for s in seeds]
     diff_text = "-" if not diffs else "; ".join(
         "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
-    mode = seeds[0].grad_mode or "-"
+    judgement = ("baseline" if is_baseline else verdict(diffs) if judged
+                 else f"- (AutoAttack: the {' and '.join(autoattack_modes)} row)")
     return [display_name(name), mode, str(len(seeds)), _mean_sd([s.clean for s in seeds]),
             _mean_sd([s.pgd_asr for s in seeds]), _mean_sd([s.transfer for s in seeds]), aa_text, worst_text,
-            diff_text, verdict(diffs) if diffs else "baseline"]
+            diff_text, judgement]
 
 
 def display_name(model: str) -> str:
@@ -177,18 +191,21 @@ class StudyRows:
 
 
 def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
-               results: dict | None = None) -> StudyRows | None:
+               results: dict | None = None, autoattack_modes: Sequence[str] | None = None) -> StudyRows | None:
     """The rows of one dataset at ``eps`` (default: the paper's), None without records. ``results``: that
-    dataset's :func:`study_results` at ``eps`` when the caller has them already."""
+    dataset's :func:`study_results` at ``eps`` when the caller has them already. ``autoattack_modes``: the
+    hybrids' modes the study attacks with AutoAttack (None: all); each seed is compared with the baseline's
+    seed of the same number when the baseline has several, else with the one."""
     spec = get_spec(dataset)
     if results is None:
         eps, results = _dataset_results(records, dataset, eps, baseline)
     eps = spec.paper_eps if eps is None else eps
     if not results:
         return None
-    reference = next((seeds[0] for (model, _), seeds in results.items() if model == baseline), None)
+    baselines = next((seeds for (model, _), seeds in results.items() if model == baseline), [])
     n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
-    rows = [_row(model, seeds, reference, model == baseline) for (model, _), seeds in results.items()]
+    rows = [_row(model, seeds, baselines, model == baseline, autoattack_modes)
+            for (model, _), seeds in results.items()]
     in_255 = f"{eps * 255:.3g}/255"
     eps_text = in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f"{eps:g} ({in_255})"
     title = (f"**{spec.display_name}**, eps = {eps_text}, "
@@ -197,12 +214,12 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
 
 
 def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
-                results: dict | None = None) -> str:
+                results: dict | None = None, autoattack_modes: Sequence[str] | None = None) -> str:
     """The Markdown table of one dataset at ``eps`` (default: the paper's) (:data:`HEADER`); "" without records.
     ``results``: that dataset's :func:`study_results` at ``eps`` when the caller has them already."""
     from .report import markdown_table
 
-    table = study_rows(records, dataset, eps, baseline, results)
+    table = study_rows(records, dataset, eps, baseline, results, autoattack_modes)
     return "" if table is None else table.title + "\n\n" + markdown_table(HEADER, table.rows)
 
 
@@ -246,6 +263,9 @@ def advtrain_markdown(records: Sequence[dict]) -> str:
 
 
 SEED_BASELINE = "classical@scratch"
+SEED_AUTOATTACK_MODES = ("differentiable",)
+"""The seed study's AutoAttack runs on each hybrid's differentiable mode (grids/seed-study.toml); its paper-mode
+rows have the paper's protocol only."""
 PAPER_ORDER = ("hybrid-none@scratch", "hybrid-linear@scratch", "hybrid-star@scratch", "hybrid-full@scratch")
 """The paper's single-run ordering of PGD's attack success rate on MNIST: none > linear > star > full."""
 
@@ -301,7 +321,8 @@ def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mni
     for dataset in datasets:
         _, results = _dataset_results(records, dataset, None, SEED_BASELINE)
         if results:
-            table = study_table(records, dataset, baseline=SEED_BASELINE, results=results)
+            table = study_table(records, dataset, baseline=SEED_BASELINE, results=results,
+                                autoattack_modes=SEED_AUTOATTACK_MODES)
             parts += [table, _ordering_text(ordering_check(results))]
     if not parts:
         return "No seed-study records yet: `bash scripts/seed_study.sh`."
@@ -341,7 +362,7 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
                            if dataset in ADVTRAIN_EPS else None)),
     Study("seed", "seed-study.json", "Seed study: the paper's entanglement ordering over training seeds",
           "scripts/seed_study.sh", seed_study_markdown, seed_legend,
-          lambda dataset: {"baseline": SEED_BASELINE}, seed_study_note),
+          lambda dataset: {"baseline": SEED_BASELINE, "autoattack_modes": SEED_AUTOATTACK_MODES}, seed_study_note),
 )}
 """Every study, by name: the CLI, the app and the results loader (which leaves their files out of the shipped
 models' cells) read this one list."""

@@ -183,3 +183,20 @@ def test_a_seed_without_autoattack_has_no_worst_case_and_no_verdict_yet():
             if line.startswith("| ")}
     cells = [c.strip() for c in rows["x"].split("|")[1:-1]]
     assert cells[6:] == ["-", "-", "·", "pending (0 of 1 seeds)"]
+
+
+def test_the_seed_study_pairs_each_seed_with_the_cnn_of_its_seed_and_its_paper_rows_point_to_autoattack():
+    """A CNN trained over seeds: hybrid seed k is judged against CNN seed k (here seed 1's CNN is weak, so only
+    hybrid seed 1 is above it). The paper-mode rows, which the seed study does not attack with AutoAttack, say
+    where their AutoAttack is instead of "pending"."""
+    cnn = [dict(r, model=f"classical@scratch-s{s}") for s, k in ((0, 300), (1, 10))
+           for r in (record("x", "none", set()), record("x", "autoattack", set(range(k))))]
+    hybrid = [dict(r, model=f"hybrid-full@scratch-s{s}") for s in (0, 1)
+              for r in (record("x", "none", set(), "paper"), record("x", "pgd", set(range(200)), "paper"),
+                        record("x", "autoattack", set(range(200)), "differentiable"))]
+    rows = {(cells[0], cells[1]): cells for line in seed_study_markdown(cnn + hybrid).splitlines()
+            if line.startswith("| hybrid") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    differentiable = rows[("hybrid-full@scratch", "differentiable")]
+    assert differentiable[8].startswith("-20.0 ") and "+38.0 " in differentiable[8]  # 200 - 300, 200 - 10 of 500
+    assert differentiable[9] == "no: within (1 of 2 seeds above)"
+    assert rows[("hybrid-full@scratch", "paper")][8:] == ["-", "- (AutoAttack: the differentiable row)"]
