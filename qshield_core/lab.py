@@ -581,12 +581,15 @@ def sweep(dataset: str, models: Mapping[str, LoadedModel], attacks: Sequence[str
 
 
 STUDY_FILES = tuple(study.results_file for study in studies.STUDIES.values())
-STUDY_SCRIPTS = tuple(study.script for study in studies.STUDIES.values())
 """Results of the studies (their own models, their own points and n): shown by their own tables, not merged
 into the shipped models' cells, where a study's n = 500 CNN cell would stand for the CNN beside hybrids measured
 on 200 points."""
+STUDY_SCRIPTS = tuple(study.script for study in studies.STUDIES.values())
+"""The scripts that run them (train, evaluate, tables; resumable)."""
+
+
 STUDY_DATASETS = ("mnist", "organamnist")
-"""The datasets the design study and the adversarial-training study run on (grids/design-study.toml, advtrain.toml)."""
+"""The datasets the studies run on (grids/design-study.toml, advtrain.toml, seed-study.toml)."""
 STUDY_COLUMNS = ("model", "mode", "seeds", "above the CNN?", "AutoAttack robust %", "worst case robust %",
                  "clean %", "PGD-10 ASR %", "transfer robust %", "worst case - CNN, per seed (points) [95 %]")
 """The columns of :data:`qshield_core.studies.HEADER`, the verdict first after the model (the app's order)."""
