@@ -628,7 +628,7 @@ def study_tables(dataset: str, directory: Path | None = None) -> tuple[list[Stud
         table = studies.study_rows(records, dataset, **options)
         if table is not None:
             frame = pd.DataFrame(table.rows, columns=studies.HEADER)[list(STUDY_COLUMNS)]
-            note = study.note(records, dataset) if study.note else ""
+            note = study.note(table.results) if study.note else ""
             tables.append(StudyTable(study.name, study.title, table.title, frame, study.legend(), study.command,
                                      note))
     return tables, problems

@@ -154,8 +154,8 @@ def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is
     worst_text = _mean_sd([None if w is None else w.robust_accuracy for w in worst],
                           worst[0].robust_accuracy_ci if one and worst[0] else None)
     mode = seeds[0].grad_mode or "-"
-    judged = is_baseline or autoattack_modes is None or seeds[0].grad_mode in (None, *autoattack_modes)
-    diffs = [] if not judged or is_baseline else [difference_from(s, _reference_for(s, baselines)) for s in seeds]
+    judged = autoattack_modes is None or seeds[0].grad_mode in (None, *autoattack_modes)
+    diffs = [] if is_baseline or not judged else [difference_from(s, _reference_for(s, baselines)) for s in seeds]
     diff_text = "-" if not diffs else "; ".join(
         "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
     judgement = ("baseline" if is_baseline else verdict(diffs) if judged
@@ -188,6 +188,8 @@ class StudyRows:
 
     title: str
     rows: list[list[str]]
+    results: dict[tuple[str, str | None], list[SeedResult]]
+    """What the rows were made from (:func:`study_results`), for a note beside them (:attr:`Study.note`)."""
 
 
 def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
@@ -210,7 +212,7 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
     eps_text = in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f"{eps:g} ({in_255})"
     title = (f"**{spec.display_name}**, eps = {eps_text}, "
              f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
-    return StudyRows(title, rows)
+    return StudyRows(title, rows, results)
 
 
 def study_table(records: Sequence[dict], dataset: str, eps: float | None = None, baseline: str = BASELINE,
@@ -309,10 +311,10 @@ def seed_legend() -> str:
     return _legend("the same-recipe CNN", "PGD-10, AutoAttack")
 
 
-def seed_study_note(records: Sequence[dict], dataset: str) -> str:
-    """Whether the paper's entanglement ordering stands outside the seed-to-seed spread on ``dataset``."""
-    _, results = _dataset_results(records, dataset, None, SEED_BASELINE)
-    return _ordering_text(ordering_check(results)) if results else ""
+def seed_study_note(results: dict[tuple[str, str | None], list[SeedResult]]) -> str:
+    """Whether the paper's entanglement ordering stands outside the seed-to-seed spread, from one dataset's
+    :func:`study_results`."""
+    return _ordering_text(ordering_check(results))
 
 
 def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mnist", "organamnist")) -> str:
@@ -323,7 +325,7 @@ def seed_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("mni
         if results:
             table = study_table(records, dataset, baseline=SEED_BASELINE, results=results,
                                 autoattack_modes=SEED_AUTOATTACK_MODES)
-            parts += [table, _ordering_text(ordering_check(results))]
+            parts += [table, seed_study_note(results)]
     if not parts:
         return "No seed-study records yet: `bash scripts/seed_study.sh`."
     return "\n\n".join([*parts, seed_legend()])
@@ -343,8 +345,9 @@ class Study:
     markdown: Callable[[Sequence[dict]], str]
     legend: Callable[[], str]
     row_options: Callable[[str], dict | None]
-    note: Callable[[Sequence[dict], str], str] | None = None
-    """A sentence beside a dataset's table (the seed study's ordering check)."""
+    note: Callable[[dict], str] | None = None
+    """A sentence beside a dataset's table, from the results its rows were made from (the seed study's
+    ordering check)."""
 
     @property
     def command(self) -> str:
