@@ -7,8 +7,8 @@ from .deferred import defer_import
 __version__ = "0.1.0"
 
 # Imports that the app's first page would make and never use, made on first use instead (qshield_core.deferred;
-# 2.5-3 s of imports here, 1-1.5 s of the first result, README "App responsiveness"):
-# - torchattacks' package __init__ imports scipy.stats for TI-FGSM alone, which no attack here uses;
+# what each saved is measured in the README, "App responsiveness"):
+# - torchattacks' package __init__ imports scipy.stats for TI-FGSM alone, which no attack here uses (about 1.2 s);
 defer_import("scipy.stats")
 # - numba, loading the hybrid head's kernels, checks for a BLAS with `import scipy.linalg.cython_blas`: with
 #   scipy.linalg deferred that imports the one submodule, not the package (about 0.5 s);

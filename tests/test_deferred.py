@@ -141,9 +141,9 @@ def test_a_submodule_imported_through_the_stand_in_is_bound_on_the_real_package(
 
 def test_the_first_page_leaves_most_of_scipy_unimported():
     """What the Attack Lab imports (the library, torchattacks, the pages' helpers, the head's kernels) leaves
-    scipy.stats, scipy.linalg, scipy.optimize (One Pixel's), scipy.special and scipy.ndimage unimported: 2.5-3 s
-    of imports here, 1-1.5 s of the app's first result. (pandas it imports: Plotly needs it whole, app.py.)
-    One Pixel still runs."""
+    scipy.stats, scipy.linalg, scipy.optimize (One Pixel's), scipy.special and scipy.ndimage unimported (what
+    that saves of the app's first result: README, "App responsiveness"). (pandas it imports: Plotly needs it
+    whole, app.py.) One Pixel still runs."""
     code = ("import sys; import streamlit; import pages._shared, qshield_core.handout, qshield_core.drawing; "
             "import torchattacks, numpy as np; from qshield_core import fusion_jit\n"
             "fusion_jit.precompile((np.float32,))  # numba's check for a BLAS: scipy.linalg.cython_blas alone\n"
