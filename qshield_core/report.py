@@ -44,7 +44,7 @@ PAPER_TABLE_MODELS = ("dnn", "classical", "resnet18", "hybrid-none", "hybrid-lin
 the model of ours it stands next to."""
 RESNET18_NOTE = (f"resnet18 is torchvision's ResNet-18 as the paper's code builds it, {SCRATCH}, and "
                  "resnet18-hybrid-full is hybrid-full on it; their paper figures are the paper's CNN and HQCNN-Full, "
-                 "an ImageNet-initialised ResNet-18 (model cards: `pretrained/*-resnet18*.json`).")
+                 "an ImageNet-initialised ResNet-18 (model cards: `studies/resnet18/models/*.json`).")
 PAPER_POINTS_PER_CELL = 440
 """The paper attacked about 5 % of each test set a cell, roughly 440 images (``shared/paper/README.md``, item 9)."""
 

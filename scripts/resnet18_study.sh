@@ -5,14 +5,16 @@
 # 1. train: {dataset}-resnet18 by the paper's recipe (Adam 1e-3, batch 128, no augmentation; 2 epochs on MNIST,
 #    3 on OrganAMNIST: about 40 min each on one loaded core), then {dataset}-resnet18-hybrid-full from it by the
 #    shipped hybrid recipe (1 epoch). One model at a time, each resumable from its checkpoint after every epoch
-#    (rerun after an interruption); a model whose card is already in MODEL_DIR is skipped.
+#    (rerun after an interruption); a model whose card and weights are both in MODEL_DIR is skipped. The
+#    weights (45 MB each) are not committed, only their cards (studies/resnet18/models/*.json, .gitignore):
+#    on a fresh checkout this step trains them again, seeded, and writes new cards beside the committed ones.
 # 2. evaluate: grids/resnet18.toml (stage paper: n = 1000; stage adaptive: AutoAttack, n = 500 and 200) into
 #    OUT/paper-reproduction.json and OUT/adaptive.json, the files of grids/results.toml; resumable cell by cell.
 # 3. tables: OUT/paper-reproduction.md, OUT/adaptive.md (and README.md's tables when OUT is results).
 #
 # Environment (defaults in brackets):
 #   DATASETS [mnist organamnist]   STEPS [train evaluate tables]   THREADS [1, torch threads while training]
-#   MODEL_DIR [pretrained]   OUT [results]   CKPT [checkpoints]   WORKERS, ADDRESS (as scripts/run_results.sh)
+#   MODEL_DIR [studies/resnet18/models]   OUT [results]   CKPT [checkpoints]   WORKERS, ADDRESS (as scripts/run_results.sh)
 #   TRAIN_EXTRA (more train options)   GRID_EXTRA (more grid options, e.g. "--dry-run", "--stage paper")
 #   SMOKE=1: a smoke run on the shipped samples, everything under SMOKE_DIR [/tmp/qshield-resnet18-smoke]
 #            (1 epoch of batch 20, n = 10 a cell; nothing in pretrained/, checkpoints/ or results/ is touched)
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 read -r -a datasets <<< "${DATASETS:-mnist organamnist}"
 STEPS=${STEPS:-train evaluate tables}; THREADS=${THREADS:-1}
-MODEL_DIR=${MODEL_DIR:-pretrained}; OUT=${OUT:-results}; CKPT=${CKPT:-checkpoints}
+MODEL_DIR=${MODEL_DIR:-studies/resnet18/models}; OUT=${OUT:-results}; CKPT=${CKPT:-checkpoints}
 read -r -a train_extra <<< "${TRAIN_EXTRA:-}"; read -r -a grid_extra <<< "${GRID_EXTRA:-}"
 if [[ ${SMOKE:-0} == 1 ]]; then
   SMOKE_DIR=${SMOKE_DIR:-/tmp/qshield-resnet18-smoke}
@@ -29,9 +31,9 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   train_extra+=(--data samples --epochs 1 --batch-size 20); grid_extra+=(--n 10 --source samples)
 fi
 
-train() {  # dataset model: train one model unless its card exists
-  local card=$MODEL_DIR/$1-$2.json
-  if [[ -f $card ]]; then echo "=== $1 $2: $card exists, not retrained"; return 0; fi
+train() {  # dataset model: train one model unless its card and its weights exist
+  local stem=$MODEL_DIR/$1-$2
+  if [[ -f $stem.json && -f $stem.safetensors ]]; then echo "=== $1 $2: $stem.* exist, not retrained"; return 0; fi
   echo "=== $(date -u +%FT%TZ) train $1 $2"
   $PY -m qshield_core train --dataset "$1" --model "$2" --resume --threads "$THREADS" --out-dir "$MODEL_DIR" \
       --checkpoint-dir "$CKPT" "${train_extra[@]}"

@@ -77,6 +77,7 @@ DAMAGE = {
     "tampered weights": (lambda f: flip_one_byte(f.weights), "weights", "does not match"),
     "truncated weights": (lambda f: truncate(f.weights), "weights", "does not match"),
     "missing weights": (lambda f: f.weights.unlink(), "weights", "not found"),
+    "missing weights beside a card": (lambda f: f.weights.unlink(), "weights", "card mnist-classical.json is there"),
     "missing card": (lambda f: f.card.unlink(), "card", "not found"),
     "wrong sha in card": (lambda f: set_card(f.card, weights_sha256="0" * 64), "weights", "does not match"),
     "card not JSON": (lambda f: f.card.write_text("{'dataset': 'mnist',"), "card", "not valid JSON"),
