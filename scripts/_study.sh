@@ -2,7 +2,10 @@
 # read, and the evaluate and tables steps. Each script sets what it trains and calls these.
 #   DATASETS [mnist organamnist]   STEPS [train evaluate tables]   THREADS [1, torch threads while training]
 #   MODEL_DIR [the study's folder]   OUT [results]   WORKERS, ADDRESS (as run_results.sh)
-#   CKPT [checkpoints: the trainings' epochs, and the grid's cells' finished batches in CKPT/cells]
+#   CKPT [checkpoints: the trainings' epochs]
+#   CELLS [the study's folder's cells/, e.g. studies/advtrain/cells: the grid's cells' finished batches, small JSON
+#   files (qshield_core.evaluation.resume) committed with the study, so that a cell longer than a session resumes
+#   in the next one from its last finished batch; a cell's file is removed when its record is complete]
 #   GRID_EXTRA (more grid options, e.g. "--dry-run")   TRAIN_EXTRA (more train options, e.g. a smoke run:
 #   "--data samples --epochs 1 --batch-size 50", which the tests use)
 
@@ -12,6 +15,7 @@ study_setup() {  # default model folder
   STEPS=${STEPS:-train evaluate tables}; THREADS=${THREADS:-1}
   OUT=${OUT:-results}; CKPT=${CKPT:-checkpoints}
   QSHIELD_USER_MODELS=$(realpath -m "${MODEL_DIR:-$1}")
+  CELLS=${CELLS:-$(dirname "$QSHIELD_USER_MODELS")/cells}
   export QSHIELD_USER_MODELS  # where train saves the study's models and the grid finds them
   read -r -a grid_extra <<< "${GRID_EXTRA:-}"
   read -r -a train_extra <<< "${TRAIN_EXTRA:-}"
@@ -30,7 +34,7 @@ study_train() {  # dataset model-name train-options...: train one model (options
 
 study_evaluate_and_tables() {  # grid file, results file stem, study name (python -m qshield_core study NAME)
   if wants evaluate; then
-    local args=(--out-dir "$OUT" --dataset "${datasets[@]}" --checkpoint-dir "$CKPT/cells")
+    local args=(--out-dir "$OUT" --dataset "${datasets[@]}" --checkpoint-dir "$CELLS")
     [[ -n ${WORKERS:-} ]] && args+=(--workers "$WORKERS")
     [[ -n ${ADDRESS:-} ]] && args+=(--address "$ADDRESS")
     echo "=== $(date -u +%FT%TZ) grid $1 ${args[*]} ${grid_extra[*]}"
