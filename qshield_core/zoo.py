@@ -142,8 +142,8 @@ def load_model(dataset: str, model_name: str, grad_mode: str = "paper", backend:
     card = read_card(dataset, model_name, directory)
     if not files.weights.is_file():
         raise ModelUnavailableError(f"Weights file not found: {files.weights} (its card {files.card.name} is there: "
-                                    "the weights were not shipped with it, as the ResNet-18 study's are not, or were "
-                                    "removed; the README's *Training and evaluating* says how to train it again).")
+                                    "the weights were removed or not copied with it; the README's *Training and "
+                                    "evaluating* says how to train it again).")
     actual = sha256_file(files.weights)
     if actual != card.get("weights_sha256"):
         raise ModelUnavailableError(

@@ -5,16 +5,16 @@
 # 1. train: {dataset}-resnet18 by the paper's recipe (Adam 1e-3, batch 128, no augmentation; 2 epochs on MNIST,
 #    3 on OrganAMNIST: about 40 min each on one loaded core), then {dataset}-resnet18-hybrid-full from it by the
 #    shipped hybrid recipe (1 epoch). One model at a time, each resumable from its checkpoint after every epoch
-#    (rerun after an interruption); a model whose card and weights are both in MODEL_DIR is skipped. The
-#    weights (45 MB each) are not committed, only their cards (studies/resnet18/models/*.json, .gitignore):
-#    on a fresh checkout this step trains them again, seeded, and writes new cards beside the committed ones.
+#    (rerun after an interruption); a model whose card and weights are both in MODEL_DIR is skipped.
 # 2. evaluate: grids/resnet18.toml (stage paper: n = 1000; stage adaptive: AutoAttack, n = 500 and 200) into
 #    OUT/paper-reproduction.json and OUT/adaptive.json, the files of grids/results.toml; resumable cell by cell.
 # 3. tables: OUT/paper-reproduction.md, OUT/adaptive.md (and README.md's tables when OUT is results).
 #
 # Environment (defaults in brackets):
 #   DATASETS [mnist organamnist]   STEPS [train evaluate tables]   THREADS [1, torch threads while training]
-#   MODEL_DIR [studies/resnet18/models]   OUT [results]   CKPT [checkpoints]   WORKERS, ADDRESS (as scripts/run_results.sh)
+#   MODEL_DIR [studies/resnet18/models]   OUT [results]   CKPT [checkpoints: the trainings' epochs]
+#   CELLS [studies/resnet18/cells: the cells' finished batches, committed, as in scripts/_study.sh]
+#   WORKERS, ADDRESS (as scripts/run_results.sh)
 #   TRAIN_EXTRA (more train options)   GRID_EXTRA (more grid options, e.g. "--dry-run", "--stage paper")
 #   SMOKE=1: a smoke run on the shipped samples, everything under SMOKE_DIR [/tmp/qshield-resnet18-smoke]
 #            (1 epoch of batch 20, n = 10 a cell; nothing in pretrained/, checkpoints/ or results/ is touched)
@@ -24,10 +24,11 @@ PY=${PYTHON:-python}
 read -r -a datasets <<< "${DATASETS:-mnist organamnist}"
 STEPS=${STEPS:-train evaluate tables}; THREADS=${THREADS:-1}
 MODEL_DIR=${MODEL_DIR:-studies/resnet18/models}; OUT=${OUT:-results}; CKPT=${CKPT:-checkpoints}
+CELLS=${CELLS:-$(dirname "$MODEL_DIR")/cells}
 read -r -a train_extra <<< "${TRAIN_EXTRA:-}"; read -r -a grid_extra <<< "${GRID_EXTRA:-}"
 if [[ ${SMOKE:-0} == 1 ]]; then
   SMOKE_DIR=${SMOKE_DIR:-/tmp/qshield-resnet18-smoke}
-  MODEL_DIR=$SMOKE_DIR/models; OUT=$SMOKE_DIR/results; CKPT=$SMOKE_DIR/checkpoints
+  MODEL_DIR=$SMOKE_DIR/models; OUT=$SMOKE_DIR/results; CKPT=$SMOKE_DIR/checkpoints; CELLS=$SMOKE_DIR/cells
   train_extra+=(--data samples --epochs 1 --batch-size 20); grid_extra+=(--n 10 --source samples)
 fi
 
@@ -45,7 +46,7 @@ if [[ " $STEPS " == *" train "* ]]; then
   for d in "${datasets[@]}"; do train "$d" resnet18-hybrid-full || exit 1; done
 fi
 if [[ " $STEPS " == *" evaluate "* ]]; then
-  args=(--out-dir "$OUT" --dataset "${datasets[@]}" --model-dir "$MODEL_DIR" --checkpoint-dir "$CKPT/cells")
+  args=(--out-dir "$OUT" --dataset "${datasets[@]}" --model-dir "$MODEL_DIR" --checkpoint-dir "$CELLS")
   [[ -n ${WORKERS:-} ]] && args+=(--workers "$WORKERS")
   [[ -n ${ADDRESS:-} ]] && args+=(--address "$ADDRESS")
   echo "=== $(date -u +%FT%TZ) grid grids/resnet18.toml ${args[*]} ${grid_extra[*]}"
