@@ -200,3 +200,13 @@ def test_the_seed_study_pairs_each_seed_with_the_cnn_of_its_seed_and_its_paper_r
     assert differentiable[8].startswith("-20.0 ") and "+38.0 " in differentiable[8]  # 200 - 300, 200 - 10 of 500
     assert differentiable[9] == "no: within (1 of 2 seeds above)"
     assert rows[("hybrid-full@scratch", "paper")][8:] == ["-", "- (AutoAttack: the differentiable row)"]
+
+
+def test_a_paper_row_whose_autoattack_mode_has_not_run_says_so_instead_of_pointing_to_a_missing_row():
+    cnn = [dict(r, model="classical@scratch-s0") for r in (record("x", "none", set()), record("x", "pgd", set()))]
+    hybrid = [dict(r, model="hybrid-full@scratch-s0")
+              for r in (record("x", "none", set(), "paper"), record("x", "pgd", set(range(200)), "paper"))]
+    rows = {(cells[0], cells[1]): cells for line in seed_study_markdown(cnn + hybrid).splitlines()
+            if line.startswith("| hybrid") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    assert set(rows) == {("hybrid-full@scratch", "paper")}
+    assert rows[("hybrid-full@scratch", "paper")][9] == "- (AutoAttack: on the differentiable mode, not run yet)"
