@@ -122,14 +122,16 @@ def verdict(differences: Sequence[tuple[float, tuple[float, float]] | None]) -> 
 
 
 def _mean_sd(values: Sequence[float | None], ci: Sequence[float] | None = None) -> str:
-    """"mean +- sd (k seeds)" over the seeds that have the value; one value with its interval."""
+    """"mean +- sd" over the seeds that have the value, "(k of n seeds)" after it while some have not; one value
+    with its interval."""
     found = [v for v in values if v is not None]
     if not found:
         return "-"
+    partial = f" ({len(found)} of {len(values)} seeds)" if len(found) < len(values) else ""
     if len(found) == 1:
-        return f"{_pct(found[0])}" + (f" {_ci(ci)}" if ci else "")
+        return f"{_pct(found[0])}" + (f" {_ci(ci)}" if ci else "") + partial
     s = spread(found)
-    return f"{_pct(s['mean'])} ± {_pct(s['std'])}"
+    return f"{_pct(s['mean'])} ± {_pct(s['std'])}{partial}"
 
 
 def _reference_for(seed: SeedResult, baselines: Sequence[SeedResult]) -> SeedResult | None:

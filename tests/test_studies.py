@@ -210,3 +210,12 @@ def test_a_paper_row_whose_autoattack_mode_has_not_run_says_so_instead_of_pointi
             if line.startswith("| hybrid") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
     assert set(rows) == {("hybrid-full@scratch", "paper")}
     assert rows[("hybrid-full@scratch", "paper")][9] == "- (AutoAttack: on the differentiable mode, not run yet)"
+
+
+def test_a_column_that_only_some_seeds_have_reached_says_how_many():
+    cnn = [dict(r, model=f"classical@scratch-s{s}") for s in (0, 1)
+           for r in (record("x", "none", set()), record("x", "pgd", set()))]
+    cnn.append(dict(record("x", "autoattack", set(range(100))), model="classical@scratch-s0"))
+    rows = {cells[0]: cells for line in seed_study_markdown(cnn).splitlines() if line.startswith("| classical")
+            for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    assert rows["classical@scratch"][6] == "20.0 (1 of 2 seeds)"
