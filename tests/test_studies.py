@@ -219,3 +219,18 @@ def test_a_column_that_only_some_seeds_have_reached_says_how_many():
     rows = {cells[0]: cells for line in seed_study_markdown(cnn).splitlines() if line.startswith("| classical")
             for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
     assert rows["classical@scratch"][6] == "20.0 (1 of 2 seeds)"
+
+
+def test_a_mode_that_fewer_seeds_have_reached_says_how_many_of_the_models_seeds():
+    """Three seeds ran the paper protocol, one AutoAttack: the differentiable row says "1 of 3", not "1", and
+    its verdict waits for the other two."""
+    hybrid = [dict(r, model=f"hybrid-full@scratch-s{s}") for s in (0, 1, 2)
+              for r in (record("x", "none", set(), "paper"), record("x", "pgd", set(range(200)), "paper"))]
+    hybrid.append(dict(record("x", "autoattack", set(range(100)), "differentiable"), model="hybrid-full@scratch-s0"))
+    cnn = [dict(r, model="classical@scratch-s0") for r in (record("x", "none", set()),
+                                                           record("x", "autoattack", set(range(100))))]
+    rows = {cells[1]: cells for line in seed_study_markdown(cnn + hybrid).splitlines()
+            if line.startswith("| hybrid") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    assert rows["paper"][2] == "3"
+    assert rows["differentiable"][2] == "1 of 3"
+    assert rows["differentiable"][9] == "pending (1 of 3 seeds)"
