@@ -144,10 +144,10 @@ def _reference_for(seed: SeedResult, baselines: Sequence[SeedResult]) -> SeedRes
 
 def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is_baseline: bool,
          autoattack_modes: Sequence[str] | None = None, modes_shown: Sequence[str | None] = (),
-         seeds_trained: int = 0) -> list[str]:
+         seeds_of_model: int = 0) -> list[str]:
     """One model's row; a hybrid mode outside ``autoattack_modes`` (None: every mode) is not attacked by
     AutoAttack in its study, and says where its AutoAttack is instead of "pending" (or that it has not run, when
-    none of those modes has a row yet: ``modes_shown`` are the model's modes in the table). ``seeds_trained``:
+    none of those modes has a row yet: ``modes_shown`` are the model's modes in the table). ``seeds_of_model``:
     the most seeds any of the model's modes has; a row with fewer says "k of n", and its verdict is pending."""
     one = len(seeds) == 1
     aa = [s.autoattack for s in seeds]
@@ -162,14 +162,14 @@ def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is
     judged = autoattack_modes is None or seeds[0].grad_mode in (None, *autoattack_modes)
     diffs = [] if is_baseline or not judged else [difference_from(s, _reference_for(s, baselines)) for s in seeds]
     if diffs:  # a seed this mode has not reached yet leaves the verdict pending
-        diffs += [None] * max(0, seeds_trained - len(seeds))
+        diffs += [None] * max(0, seeds_of_model - len(seeds))
     diff_text = "-" if not diffs else "; ".join(
         "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
     judgement = ("baseline" if is_baseline else verdict(diffs) if judged
                  else f"- (AutoAttack: the {' and '.join(autoattack_modes)} row)"
                  if set(autoattack_modes) & set(modes_shown)
                  else f"- (AutoAttack: on the {' and '.join(autoattack_modes)} mode, not run yet)")
-    seeds_text = str(len(seeds)) + (f" of {seeds_trained}" if seeds_trained > len(seeds) else "")
+    seeds_text = str(len(seeds)) + (f" of {seeds_of_model}" if seeds_of_model > len(seeds) else "")
     return [display_name(name), mode, seeds_text, _mean_sd([s.clean for s in seeds]),
             _mean_sd([s.pgd_asr for s in seeds]), _mean_sd([s.transfer for s in seeds]), aa_text, worst_text,
             diff_text, judgement]
@@ -216,7 +216,7 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
         return None
     baselines = next((seeds for (model, _), seeds in results.items() if model == baseline), [])
     n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
-    most = {}
+    most: dict[str, int] = {}
     for (model, _), seeds in results.items():
         most[model] = max(most.get(model, 0), len(seeds))
     rows = [_row(model, seeds, baselines, model == baseline, autoattack_modes,
