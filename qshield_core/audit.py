@@ -31,7 +31,7 @@ from . import rng
 from .attacks import ATTACKS, resolve_params
 from .data import get_spec
 from .evaluation import (
-    difference_interval,
+    compare_on_shared_points,
     evaluation_points,
     is_preset_budget,
     predict_probs,
@@ -150,8 +150,10 @@ def _at_eps(records: Sequence[dict], eps: float) -> dict[str, dict]:
     return {key[3]: r for key, r in chosen.items()}
 
 
-def _compare(stronger: Sequence[dict], weaker: Sequence[dict]) -> tuple[str, str, float, float, int] | None:
-    """The lowest robust accuracy of each group on the points both groups saw: (attack a, attack b, a, b, n)."""
+def _compare(stronger: Sequence[dict], weaker: Sequence[dict]) -> tuple[str, str, float, float, int, bool] | None:
+    """The strongest attack of each group (lowest robust accuracy on the points both groups saw), then those
+    two compared on every point they share: (attack a, attack b, a's robust accuracy, b's, n, whether a lies
+    below b beyond Newcombe's paired 95 % interval)."""
     case = worst_case([*stronger, *weaker])
     if case is None:
         return None
@@ -161,12 +163,9 @@ def _compare(stronger: Sequence[dict], weaker: Sequence[dict]) -> tuple[str, str
         return None
     a = min(names_a, key=lambda k: case.per_attack[k])
     b = min(names_b, key=lambda k: case.per_attack[k])
-    return a, b, case.per_attack[a], case.per_attack[b], case.n
-
-
-def _lower_beyond_noise(low: float, high: float, n: int) -> bool:
-    """Whether a robust accuracy ``low`` lies below ``high`` beyond sampling noise (Newcombe, both of n)."""
-    return difference_interval(round(high * n), n, round(low * n), n)[0] > 0
+    record = {r["attack"]: r for r in [*stronger, *weaker]}
+    paired = compare_on_shared_points(worst_case([record[b]]), worst_case([record[a]]))  # b - a
+    return a, b, paired.accuracy_b, paired.accuracy_a, paired.n, paired.difference_ci[0] > 0
 
 
 def check_blackbox_beats_whitebox(records: Sequence[dict], eps: float) -> Flag:
@@ -177,8 +176,8 @@ def check_blackbox_beats_whitebox(records: Sequence[dict], eps: float) -> Flag:
     if found is None:
         return Flag("blackbox_beats_whitebox", title, None, "no gradient-free and white-box records on shared points",
                     "run square5000 and transfer-classical beside PGD on the same points")
-    free, white, r_free, r_white, n = found
-    raised = r_free < r_white and _lower_beyond_noise(r_free, r_white, n)
+    free, white, r_free, r_white, n, beyond_noise = found
+    raised = r_free < r_white and beyond_noise
     return Flag("blackbox_beats_whitebox", title, raised,
                 f"on the same {n} points: {ATTACKS[free].display_name} leaves {100 * r_free:.1f} % robust, the "
                 f"best white-box attack ({ATTACKS[white].display_name}) {100 * r_white:.1f} %",
@@ -196,8 +195,8 @@ def check_eot_gain(records: Sequence[dict], eps: float) -> Flag:
         return Flag("eot_gain", title, None, "no EOT and plain records on shared points",
                     "run eot-pgd beside pgd100 (or autoattack-rand beside apgd-ce) on the same points")
     best = min(results, key=lambda r: r[2] - r[3])
-    eot, plain, r_eot, r_plain, n = best
-    raised = r_eot < r_plain and _lower_beyond_noise(r_eot, r_plain, n)
+    eot, plain, r_eot, r_plain, n, beyond_noise = best
+    raised = r_eot < r_plain and beyond_noise
     return Flag("eot_gain", title, raised,
                 f"on the same {n} points: {ATTACKS[eot].display_name} leaves {100 * r_eot:.1f} % robust, "
                 f"{ATTACKS[plain].display_name} {100 * r_plain:.1f} %",

@@ -17,6 +17,8 @@ from pathlib import Path
 from .attacks import ATTACKS, PAPER_ATTACKS
 from .data import REPO_ROOT, get_spec
 from .evaluation import (
+    WorstCase,
+    compare_on_shared_points,
     difference_interval,
     is_preset_budget,
     select_record,
@@ -26,6 +28,7 @@ from .evaluation import (
 )
 from .evaluation import format_interval as _ci
 from .evaluation import format_percent as _pct
+from .models import classical_of, is_hybrid_name
 from .resnet import SCRATCH
 
 PAPER_RESULTS_CANDIDATES = (
@@ -301,10 +304,72 @@ def adaptive_table(records: list[dict]) -> str:
     return markdown_table(header, rows) + _resnet18_note(r["model"] for r in adaptive) if rows else ""
 
 
+def _worst_at(records: Sequence[dict], eps: float, attacks: Sequence[str] | None = None) -> WorstCase | None:
+    """The per-point worst case over a model's attacks at ``eps`` (only ``attacks`` when given), one record per
+    attack, on the test split where it has records."""
+    found = [r for r in records if _same(r.get("eps"), eps) and r["attack"] != "none"
+             and (attacks is None or r["attack"] in attacks)]
+    return worst_case(_same_points(_one_per_attack(found))) if found else None
+
+
+def _eps_label(eps: float) -> str:
+    """``32/255`` for a whole number of 255ths, else the number (``0.3``)."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"
+
+
+def _paired_verdict(low: float, high: float) -> str:
+    return "**above**" if low > 0 else "below" if high < 0 else "within"
+
+
+def hybrid_vs_classical_rows(records: list[dict], common_eps: bool = True) -> list[list[str]]:
+    """Each hybrid (and mode) with adaptive records against the classical model it is built on
+    (:func:`~qshield_core.models.classical_of`), on the points both saw: AutoAttack (standard and ``rand``
+    taken together per point where both ran) and the worst case over every attack, at the paper's eps (and the
+    common one, with ``common_eps``), with the paired interval of the difference (hybrid - classical)."""
+    adaptive = [r for r in records if r.get("suite") == "adaptive" and is_hybrid_name(r["model"])]
+    rows = []
+    for dataset, model, mode in sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive}):
+        spec, base = get_spec(dataset), classical_of(model)
+        mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
+                and (r["grad_mode"] or "") == mode and r.get("suite")]
+        theirs = [r for r in records if r["dataset"] == dataset and r["model"] == base and r.get("suite")]
+        for eps in dict.fromkeys((spec.paper_eps, spec.common_eps) if common_eps else (spec.paper_eps,)):
+            for label, attacks in (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None)):
+                a, b = _worst_at(mine, eps, attacks), _worst_at(theirs, eps, attacks)
+                paired = None if a is None or b is None else compare_on_shared_points(a, b)
+                if paired is None:
+                    continue
+                if attacks is None:
+                    label = f"every attack ({len(a.attacks)} and {len(b.attacks)})"
+                low, high = paired.difference_ci
+                rows.append([spec.display_name, model + (f" ({mode})" if mode else ""), base, _eps_label(eps), label,
+                             str(paired.n), f"{_pct(paired.accuracy_b)} {_ci(paired.accuracy_b_ci)}",
+                             f"{_pct(paired.accuracy_a)} {_ci(paired.accuracy_a_ci)}",
+                             f"{paired.difference * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]",
+                             _paired_verdict(low, high)])
+    return rows
+
+
+def hybrid_vs_classical_table(records: list[dict], common_eps: bool = True) -> str:
+    """:func:`hybrid_vs_classical_rows` as a Markdown table ("" without rows)."""
+    rows = hybrid_vs_classical_rows(records, common_eps)
+    header = ["dataset", "hybrid (mode)", "classical", "eps", "attacks", "n (same points)",
+              "classical robust acc", "hybrid robust acc", "hybrid - classical, points [95 % CI]", "hybrid is"]
+    return markdown_table(header, rows) + _resnet18_note(row[2] for row in rows) if rows else ""
+
+
 def _section_adaptive(records: list[dict]) -> str:
     table = adaptive_table(records)
     if not table:
         return ""
+    paired = hybrid_vs_classical_table(records)
+    if paired:
+        table += ("\n\n### Each hybrid against its classical model, on the same points\n\n"
+                  "Robust accuracy in % [95 % CI] on the points both models' cells saw (the seeded subsets are "
+                  "nested, so n is the smaller cell's); AutoAttack counts a point as robust only if it survives "
+                  "every AutoAttack version that ran on it; the difference's interval is Newcombe's for paired "
+                  "outcomes. \"above\" or \"below\": the interval excludes 0.\n\n" + paired)
     return ("## Adaptive attacks\n\nASR and robust accuracy in % [95 % CI]; paper eps: MNIST 32/255, OrganAMNIST "
             "8/255, CIFAR-10 2/255; common eps: MNIST 0.3, the others 8/255. The strongest attack of each side is "
             "the one with the lowest robust accuracy on the points every attack of that side saw; its own ASR and "
@@ -444,6 +509,7 @@ def render_markdown(records: list[dict], paper: dict | None = None, title: str |
 README_BLOCKS: dict[str, Callable[[list[dict], dict | None], str]] = {
     "paper-summary": paper_summary_table,
     "adaptive": lambda records, _paper: adaptive_table(records),
+    "hybrid-vs-classical": lambda records, _paper: hybrid_vs_classical_table(records, common_eps=False),
 }
 """The tables ``README.md`` carries, by marker name."""
 

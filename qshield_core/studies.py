@@ -8,9 +8,8 @@ seeded points. For each seed the report takes, at the dataset's paper eps:
 - AutoAttack's robust accuracy (the ``rand`` version for a randomised model, where the grid runs it);
 - the **per-point worst case** over every attack the seed's model met, once AutoAttack is among them
   (:func:`~qshield_core.evaluation.worst_case`: a point counts as robust only if it survived all of them), and
-  its difference from the CNN's worst case on the same points, with Newcombe's 95 % interval
-  (:func:`~qshield_core.evaluation.difference_interval`; it treats the two samples as independent, which is
-  conservative for the same points).
+  its difference from the CNN's worst case on the points both saw, with Newcombe's 95 % interval for paired
+  outcomes (:func:`~qshield_core.evaluation.compare_on_shared_points`).
 
 A design "exceeds the CNN beyond the intervals" when that interval lies above 0 for every seed.
 """
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .data import get_spec
-from .evaluation import WorstCase, difference_interval, select_records, spread, worst_case
+from .evaluation import WorstCase, compare_on_shared_points, select_records, spread, worst_case
 from .evaluation import format_interval as _ci
 from .evaluation import format_percent as _pct
 
@@ -96,14 +95,13 @@ def study_results(records: Sequence[dict], dataset: str,
 
 
 def difference_from(result: SeedResult, baseline: SeedResult | None) -> tuple[float, tuple[float, float]] | None:
-    """The worst-case robust accuracy minus the baseline's, and its 95 % interval (None if either is missing or
-    has not met AutoAttack yet)."""
+    """The worst-case robust accuracy minus the baseline's on the points both saw, and its paired 95 % interval
+    (None if either is missing or has not met AutoAttack yet)."""
     if result.worst is None or baseline is None or baseline.worst is None or not (result.complete
                                                                                     and baseline.complete):
         return None
-    a, b = result.worst, baseline.worst
-    k_a, k_b = round(a.robust_accuracy * a.n), round(b.robust_accuracy * b.n)
-    return a.robust_accuracy - b.robust_accuracy, difference_interval(k_a, a.n, k_b, b.n)
+    paired = compare_on_shared_points(result.worst, baseline.worst)
+    return None if paired is None else (paired.difference, paired.difference_ci)
 
 
 def verdict(differences: Sequence[tuple[float, tuple[float, float]] | None]) -> str:
@@ -242,8 +240,8 @@ def study_table(records: Sequence[dict], dataset: str, eps: float | None = None,
 def _legend(baseline: str, attacks: str) -> str:
     return ("Mean ± standard deviation over the seeds that have run (one value: with its 95 % Wilson interval). "
             f"*Worst case*: a point counts as robust only if it survived every attack its model met ({attacks}). "
-            f"*Above the CNN?*: whether each seed's worst case exceeds {baseline}'s on the same points beyond "
-            "Newcombe's 95 % interval of the difference (independent-samples form: conservative for shared points).")
+            f"*Above the CNN?*: whether each seed's worst case exceeds {baseline}'s on the points both saw, beyond "
+            "Newcombe's 95 % interval for the difference of paired outcomes.")
 
 
 def design_legend() -> str:

@@ -38,6 +38,15 @@ def test_eot_gain_is_flagged_on_shared_points():
     assert audit.check_eot_gain([plain, _on("eot-pgd", [1] * 60 + [0] * 40)], EPS).raised is False
 
 
+def test_the_flags_pair_the_two_attacks_point_by_point():
+    """EOT keeps 52 of the 60 points PGD-100 keeps and no other: 8 points lower on 100, which two independent
+    samples could not tell from noise and paired outcomes can."""
+    plain = _on("pgd100", [1] * 60 + [0] * 40)
+    eot = _on("eot-pgd", [1] * 52 + [0] * 48)
+    flag = audit.check_eot_gain([plain, eot], EPS)
+    assert flag.raised is True and "EOT-PGD leaves 52.0 % robust" in flag.evidence
+
+
 def _models():
     for m in ("classical", "hybrid-full"):
         if not zoo.model_files("mnist", m).weights.is_file():

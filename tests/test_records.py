@@ -11,9 +11,12 @@ from conftest import make_record, require_samples
 
 from qshield_core.evaluation import (
     cell_key,
+    compare_on_shared_points,
+    difference_interval,
     evaluation_points,
     load_results,
     merge_record,
+    paired_difference_interval,
     plan_cells,
     resolve_source,
     save_results,
@@ -51,6 +54,43 @@ def test_the_worst_case_is_never_above_any_attack_on_the_same_points():
     case = worst_case(records)
     assert case.n == 80
     assert case.robust_accuracy <= min(case.per_attack.values())
+
+
+def test_the_paired_interval_is_the_independent_one_when_the_outcomes_are_uncorrelated():
+    assert paired_difference_interval(25, 25, 25, 25) == pytest.approx(difference_interval(50, 100, 50, 100))
+
+
+def test_outcomes_that_agree_point_by_point_narrow_the_interval_of_their_difference():
+    """a survives on 50 points, b on 45 of those same 50: independent samples could not tell them apart, paired
+    outcomes can (every point b keeps, a keeps too)."""
+    low, high = paired_difference_interval(45, 5, 0, 50)
+    assert 0 < low < 0.05 < high
+    assert difference_interval(50, 100, 45, 100)[0] < 0
+
+
+def test_the_paired_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    """Newcombe's method 10 is close to nominal on paired data (the independent-samples interval on the same
+    draws covers every time: too wide, it would fail this)."""
+    rng = np.random.default_rng(0)
+    cells, n, truth = [0.10, 0.05, 0.02, 0.83], 200, 0.05 - 0.02
+    tables = rng.multinomial(n, cells, size=2000)
+    covered = [low <= truth <= high for low, high in (paired_difference_interval(*t) for t in tables.tolist())]
+    assert 0.93 <= np.mean(covered) <= 0.98
+
+
+def test_two_models_are_compared_only_on_the_points_both_saw():
+    hybrid = _on(make_record("hybrid-full", "autoattack", 0.5, mode="paper"), [0, 2, 4, 6], [1, 1, 1, 0])
+    cnn = _on(make_record("classical", "autoattack", 0.5), [0, 1, 2, 3, 4, 5], [0, 1, 1, 1, 0, 1])
+    paired = compare_on_shared_points(worst_case([hybrid]), worst_case([cnn]))
+    # shared points 0, 2, 4: the hybrid keeps all three, the CNN only point 2
+    assert paired.n == 3 and paired.accuracy_a == 1.0 and paired.accuracy_b == pytest.approx(1 / 3)
+    assert paired.difference == pytest.approx(2 / 3)
+    assert paired.difference_ci == pytest.approx(paired_difference_interval(1, 2, 0, 0))
+    on_samples = worst_case([_on(cnn, [0, 2, 4], [1, 1, 1], kind="samples")])
+    with pytest.raises(ValueError, match="different sources of points"):
+        compare_on_shared_points(worst_case([hybrid]), on_samples)
+    elsewhere = worst_case([_on(cnn, [1, 3, 5], [1, 1, 1])])
+    assert compare_on_shared_points(worst_case([hybrid]), elsewhere) is None
 
 
 def test_strongest_attack_is_compared_on_the_same_points():

@@ -6,6 +6,7 @@ from conftest import make_record
 
 from qshield_core.report import (
     adaptive_table,
+    hybrid_vs_classical_table,
     paper_summary_table,
     readme_blocks,
     render_markdown,
@@ -136,6 +137,23 @@ def test_worst_case_is_per_point_over_the_points_every_attack_saw():
     row = next(line for line in adaptive_table(records).splitlines() if line.startswith("| MNIST"))
     # on points 0, 2, 4, 6, 8: apgd-ce fools 6 and 8, autoattack 0, square 4: only point 2 survives all
     assert row.endswith("| 20.0 [3.6, 62.4] (3 attacks, n = 5) |"), row
+
+
+def test_each_hybrid_meets_its_own_classical_model_on_the_points_both_saw():
+    """resnet18-hybrid-full against resnet18 (not our classical), on the 5 points both AutoAttack cells saw."""
+    cnn_points, hybrid_points = list(range(10)), [0, 2, 4, 6, 8]
+    records = [
+        _with_points(make_record("resnet18", "autoattack", 0.5), cnn_points, [1] * 10, [1, 0] * 5),
+        _with_points(make_record("classical", "autoattack", 0.5), cnn_points, [1] * 10, [0] * 10),
+        _with_points(make_record("resnet18-hybrid-full", "autoattack", 0.5, mode="paper"), hybrid_points,
+                     [1] * 5, [1, 1, 0, 0, 0]),
+    ]
+    rows = [line for line in hybrid_vs_classical_table(records).splitlines() if line.startswith("| MNIST")]
+    autoattack = next(r for r in rows if "| AutoAttack |" in r)
+    # on points 0, 2, 4, 6, 8: resnet18 keeps all five, its hybrid 0 and 2
+    assert "| resnet18-hybrid-full (paper) | resnet18 | 32/255 | AutoAttack | 5 | 100.0 " in autoattack
+    assert "| 40.0 [11.8, 76.9] | -60.0 [" in autoattack and autoattack.endswith("| below |")
+    assert len(rows) == 2, "AutoAttack and the worst case over every attack, at MNIST's paper eps only here"
 
 
 # --------------------------------------------------------------------------- the ResNet-18 rows

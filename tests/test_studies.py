@@ -74,7 +74,7 @@ def test_the_worst_case_is_taken_per_point_over_every_attack_of_a_seed():
 
 def test_a_design_is_above_the_cnn_only_when_every_seed_is_beyond_the_interval():
     strong = [r for s in range(3) for r in design("strong", s, pgd=set(range(300)), aa=set(range(250)))]
-    mixed = [r for s, k in enumerate((250, 55, 60)) for r in design("mixed", s, pgd=set(range(k)), aa=set(range(k)))]
+    mixed = [r for s, k in enumerate((250, 55, 55)) for r in design("mixed", s, pgd=set(range(k)), aa=set(range(k)))]
     results = study_results(CNN + strong + mixed, "mnist")
     text = design_study_markdown(CNN + strong + mixed)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
@@ -105,7 +105,7 @@ def test_the_advtrain_table_has_one_row_per_gradient_mode_beside_the_defended_cn
     eps = ADVTRAIN_EPS["mnist"]
     cnn = [dict(r, model="classical@pgd-at", eps=None if r["eps"] is None else eps) for r in CNN]
     hybrid = [dict(r, eps=None if r["eps"] is None else eps, grad_mode=mode, model="hybrid-full@pgd-at")
-              for mode in ("paper", "differentiable") for r in design("x", 0, set(range(60)), set(range(60)))]
+              for mode in ("paper", "differentiable") for r in design("x", 0, set(range(55)), set(range(55)))]
     text = advtrain_markdown(cnn + hybrid)
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1:3] for r in rows] == [[" classical@pgd-at ", " - "],

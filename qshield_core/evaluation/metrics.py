@@ -50,6 +50,31 @@ def difference_interval(successes_a: int, trials_a: int, successes_b: int, trial
     return (d - math.hypot(p_a - low_a, high_b - p_b), d + math.hypot(high_a - p_a, p_b - low_b))
 
 
+def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int,
+                               confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for the difference of two proportions measured on the same points
+    (his method 10, 1998b), a - b: the Wilson intervals of both, combined with the correction ``phi`` for the
+    correlation of the paired outcomes (``ad - bc`` shrunk towards 0 by n/2 when positive). The four counts
+    are the 2x2 table: points where a and b succeed, a only, b only, neither."""
+    counts = (both, only_a, only_b, neither)
+    if min(counts) < 0:
+        raise ValueError(f"Paired counts must be non-negative, got {counts}.")
+    n = sum(counts)
+    if n == 0:
+        return (-1.0, 1.0)
+    k_a, k_b = both + only_a, both + only_b
+    p_a, p_b = k_a / n, k_b / n
+    (low_a, high_a), (low_b, high_b) = wilson_interval(k_a, n, confidence), wilson_interval(k_b, n, confidence)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    cross = both * neither - only_a * only_b
+    shrunk = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = shrunk / math.sqrt(margins) if margins > 0 else 0.0
+    d = p_a - p_b
+    lower = math.sqrt(max(0.0, (p_a - low_a) ** 2 - 2 * phi * (p_a - low_a) * (high_b - p_b) + (high_b - p_b) ** 2))
+    upper = math.sqrt(max(0.0, (high_a - p_a) ** 2 - 2 * phi * (high_a - p_a) * (p_b - low_b) + (p_b - low_b) ** 2))
+    return (max(-1.0, d - lower), min(1.0, d + upper))
+
+
 def attack_metrics(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor | None = None) -> dict:
     """Clean accuracy, robust accuracy and ASR (see the module docstring) with Wilson intervals."""
     labels, clean_pred = torch.as_tensor(labels), torch.as_tensor(clean_pred)

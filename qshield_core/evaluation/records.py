@@ -8,7 +8,9 @@ use them:
 
 - :func:`select_record`: which record stands for a cell when several share its identity;
 - :func:`worst_case`: the per-point worst case over attacks, on the points every attack saw;
-- :func:`strongest`: the strongest attack, compared on the same points.
+- :func:`strongest`: the strongest attack, compared on the same points;
+- :func:`compare_on_shared_points`: two worst cases (two models), on the points both saw, with the paired
+  interval of their difference.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -25,7 +27,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..attacks import resolve_params
-from .metrics import unpack_bits, wilson_interval
+from .metrics import paired_difference_interval, unpack_bits, wilson_interval
 
 SCHEMA = "qshield.results/1"
 """The results file's format: ``{"schema": SCHEMA, "records": [Record, ...]}``."""
@@ -266,6 +268,10 @@ class WorstCase:
     """Each attack's robust accuracy on the same n points."""
     left_out: tuple[str, ...] = ()
     """Attacks whose records keep no per-point outcomes (older records), not in the worst case."""
+    outcomes: Mapping[int, bool] = field(default_factory=dict, compare=False, repr=False)
+    """{test index: robust against every attack}: the points behind the figures, for paired comparisons."""
+    points_kind: str | None = None
+    """The records' source of points ("test" or "samples"): indices of two sources are not comparable."""
 
 
 def _common_points(outcomes: Sequence[dict[int, bool]]) -> list[int]:
@@ -300,7 +306,40 @@ def worst_case(records: Sequence[dict]) -> WorstCase | None:
         per_attack[r["attack"]] = float(survived.mean())
         robust &= survived
     k, n = int(robust.sum()), len(common)
-    return WorstCase(k / n, wilson_interval(k, n), n, tuple(r["attack"] for r, _ in usable), per_attack, left_out)
+    return WorstCase(k / n, wilson_interval(k, n), n, tuple(r["attack"] for r, _ in usable), per_attack, left_out,
+                     dict(zip(common, robust.tolist(), strict=True)), next(iter(kinds)) or "test")
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two robust accuracies on the same n points and their difference, a - b, with Newcombe's paired
+    interval (:func:`~qshield_core.evaluation.metrics.paired_difference_interval`)."""
+
+    n: int
+    accuracy_a: float
+    accuracy_a_ci: tuple[float, float]
+    accuracy_b: float
+    accuracy_b_ci: tuple[float, float]
+    difference: float
+    difference_ci: tuple[float, float]
+
+
+def compare_on_shared_points(a: WorstCase, b: WorstCase) -> PairedComparison | None:
+    """``a`` against ``b`` (e.g. a hybrid's worst case against its CNN's) on the points both saw; None when
+    they share none. Both must come from the same source of points."""
+    if a.points_kind != b.points_kind:
+        raise ValueError(f"Worst cases on different sources of points cannot be paired: "
+                         f"{a.points_kind!r} and {b.points_kind!r}.")
+    common = sorted(set(a.outcomes) & set(b.outcomes))
+    if not common:
+        return None
+    robust_a = np.array([a.outcomes[i] for i in common], dtype=bool)
+    robust_b = np.array([b.outcomes[i] for i in common], dtype=bool)
+    n, k_a, k_b = len(common), int(robust_a.sum()), int(robust_b.sum())
+    table = (int((robust_a & robust_b).sum()), int((robust_a & ~robust_b).sum()),
+             int((~robust_a & robust_b).sum()), int((~robust_a & ~robust_b).sum()))
+    return PairedComparison(n, k_a / n, wilson_interval(k_a, n), k_b / n, wilson_interval(k_b, n),
+                            (k_a - k_b) / n, paired_difference_interval(*table))
 
 
 def strongest(records: Sequence[dict]) -> tuple[dict, WorstCase] | None:
