@@ -43,6 +43,8 @@ class SeedResult:
     transfer: float | None
     autoattack: dict | None
     worst: WorstCase | None
+    pgd_n: int | None = None
+    """The points the PGD-10 cell attacked (the paper protocol's n, often more than AutoAttack's)."""
 
     @property
     def complete(self) -> bool:
@@ -75,7 +77,7 @@ def seed_result(records: Sequence[dict]) -> SeedResult:
     model, seed = split_seed(records[0]["model"])
     return SeedResult(model, seed, records[0].get("grad_mode"), None if clean is None else clean["clean_accuracy"],
                       None if pgd is None else pgd["asr"], None if transfer is None else transfer["robust_accuracy"],
-                      autoattack, worst_case(attacked) if attacked else None)
+                      autoattack, worst_case(attacked) if attacked else None, None if pgd is None else pgd["n"])
 
 
 def study_results(records: Sequence[dict], dataset: str,
@@ -142,11 +144,12 @@ def _reference_for(seed: SeedResult, baselines: Sequence[SeedResult]) -> SeedRes
 
 def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is_baseline: bool,
          autoattack_modes: Sequence[str] | None = None, modes_shown: Sequence[str | None] = (),
-         seeds_of_model: int = 0) -> list[str]:
+         seeds_of_model: Sequence[int | None] = ()) -> list[str]:
     """One model's row; a hybrid mode outside ``autoattack_modes`` (None: every mode) is not attacked by
     AutoAttack in its study, and says where its AutoAttack is instead of "pending" (or that it has not run, when
     none of those modes has a row yet: ``modes_shown`` are the model's modes in the table). ``seeds_of_model``:
-    the most seeds any of the model's modes has; a row with fewer says "k of n", and its verdict is pending."""
+    the seeds any of the model's modes has reached, in order; a row with fewer says "k of n", its per-seed
+    differences stand under their seed numbers ("·" for a seed it has not reached) and its verdict is pending."""
     one = len(seeds) == 1
     aa = [s.autoattack for s in seeds]
     aa_text = _mean_sd([None if r is None else r["robust_accuracy"] for r in aa],
@@ -158,16 +161,18 @@ def _row(name: str, seeds: list[SeedResult], baselines: Sequence[SeedResult], is
                           worst[0].robust_accuracy_ci if one and worst[0] else None)
     mode = seeds[0].grad_mode or "-"
     judged = autoattack_modes is None or seeds[0].grad_mode in (None, *autoattack_modes)
-    diffs = [] if is_baseline or not judged else [difference_from(s, _reference_for(s, baselines)) for s in seeds]
-    if diffs:  # a seed this mode has not reached yet leaves the verdict pending
-        diffs += [None] * max(0, seeds_of_model - len(seeds))
+    by_seed = {s.seed: s for s in seeds}
+    order = list(dict.fromkeys([*seeds_of_model, *by_seed]))  # a seed this mode has not reached: pending
+    diffs = [] if is_baseline or not judged else [
+        None if seed not in by_seed else difference_from(by_seed[seed], _reference_for(by_seed[seed], baselines))
+        for seed in order]
     diff_text = "-" if not diffs else "; ".join(
         "·" if d is None else f"{100 * d[0]:+.1f} {_ci(d[1])}" for d in diffs)
     judgement = ("baseline" if is_baseline else verdict(diffs) if judged
                  else f"- (AutoAttack: the {' and '.join(autoattack_modes)} row)"
                  if set(autoattack_modes) & set(modes_shown)
                  else f"- (AutoAttack: on the {' and '.join(autoattack_modes)} mode, not run yet)")
-    seeds_text = str(len(seeds)) + (f" of {seeds_of_model}" if seeds_of_model > len(seeds) else "")
+    seeds_text = str(len(seeds)) + (f" of {len(order)}" if len(order) > len(seeds) else "")
     return [display_name(name), mode, seeds_text, _mean_sd([s.clean for s in seeds]),
             _mean_sd([s.pgd_asr for s in seeds]), _mean_sd([s.transfer for s in seeds]), aa_text, worst_text,
             diff_text, judgement]
@@ -213,17 +218,20 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
     if not results:
         return None
     baselines = next((seeds for (model, _), seeds in results.items() if model == baseline), [])
-    n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None}
-    most: dict[str, int] = {}
+    n = {s.worst.n for seeds in results.values() for s in seeds if s.worst is not None and s.complete}
+    pgd_n = {s.pgd_n for seeds in results.values() for s in seeds if s.pgd_n is not None} - n
+    reached: dict[str, set[int | None]] = {}
     for (model, _), seeds in results.items():
-        most[model] = max(most.get(model, 0), len(seeds))
+        reached.setdefault(model, set()).update(s.seed for s in seeds)
     rows = [_row(model, seeds, baselines, model == baseline, autoattack_modes,
-                 [mode for (other, mode) in results if other == model], most[model])
+                 [mode for (other, mode) in results if other == model],
+                 sorted(reached[model], key=lambda seed: -1 if seed is None else seed))
             for (model, _), seeds in results.items()]
     in_255 = f"{eps * 255:.3g}/255"
     eps_text = in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f"{eps:g} ({in_255})"
     title = (f"**{spec.display_name}**, eps = {eps_text}, "
-             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)")
+             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)"
+             + (f"; PGD-10 on {', '.join(map(str, sorted(pgd_n)))}" if pgd_n else ""))
     return StudyRows(title, rows, results)
 
 

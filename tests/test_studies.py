@@ -234,3 +234,22 @@ def test_a_mode_that_fewer_seeds_have_reached_says_how_many_of_the_models_seeds(
     assert rows["paper"][2] == "3"
     assert rows["differentiable"][2] == "1 of 3"
     assert rows["differentiable"][9] == "pending (1 of 3 seeds)"
+
+
+def test_a_seed_missing_in_the_middle_leaves_its_own_place_empty():
+    """Seeds 0 and 2 met AutoAttack, seed 1 not yet: the per-seed differences stand under seeds 0, 1, 2 as
+    "+x; ·; +y", not "+x; +y; ·"."""
+    hybrid, cnn = [], []
+    for seed, kept in ((0, 110), (1, None), (2, 150)):
+        name = f"hybrid-full@scratch-s{seed}"
+        hybrid += [dict(r, model=name) for r in (record("x", "none", set(), "paper"),
+                                                 record("x", "pgd", set(range(200)), "paper"))]
+        if kept is not None:
+            hybrid.append(dict(record("x", "autoattack", set(range(kept)), "differentiable"), model=name))
+        cnn += [dict(r, model=f"classical@scratch-s{seed}") for r in (record("x", "none", set()),
+                                                                      record("x", "autoattack", set(range(100))))]
+    rows = {cells[1]: cells for line in seed_study_markdown(cnn + hybrid).splitlines()
+            if line.startswith("| hybrid") for cells in [[c.strip() for c in line.split("|")[1:-1]]]}
+    differences = rows["differentiable"][8].split("; ")
+    assert differences[0].startswith("+2.0") and differences[1] == "·" and differences[2].startswith("+10.0")
+    assert rows["differentiable"][2] == "2 of 3" and rows["differentiable"][9] == "pending (2 of 3 seeds)"
