@@ -274,6 +274,10 @@ def strongest_attacks(records: list[dict], dataset: str) -> tuple[dict | None, d
     return pgd, lowest_on_shared_points(paper_side), lowest_on_shared_points(adapt_side)
 
 
+def _attacks_text(count: int) -> str:
+    return f"{count} attack" + ("s" if count != 1 else "")
+
+
 def adaptive_table(records: list[dict]) -> str:
     """One row per (dataset, model, mode) with adaptive records: paper-protocol PGD, the strongest
     paper-suite and adaptive attacks, AutoAttack at the paper's and the common eps, the worst case."""
@@ -296,7 +300,7 @@ def adaptive_table(records: list[dict]) -> str:
                   f"({strongest['attack']}, n = {strongest['n']})"),
             _autoattack_robust(mine, spec.paper_eps), _autoattack_robust(mine, spec.common_eps),
             "-" if union is None else (f"{_pct(union.robust_accuracy)} {_ci(union.robust_accuracy_ci)} "
-                                       f"({len(union.attacks)} attacks, n = {union.n})"),
+                                       f"({_attacks_text(len(union.attacks))}, n = {union.n})"),
         ])
     header = ["dataset", "model (mode)", "paper-protocol PGD ASR", "strongest paper-suite ASR",
               "strongest adaptive ASR", "AutoAttack robust acc @ paper eps", "AutoAttack robust acc @ common eps",
