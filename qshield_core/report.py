@@ -341,7 +341,8 @@ def hybrid_vs_classical_rows(records: list[dict], common_eps: bool = True) -> li
         for eps in dict.fromkeys((spec.paper_eps, spec.common_eps) if common_eps else (spec.paper_eps,)):
             for label, attacks in (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None)):
                 a, b = _worst_at(mine, eps, attacks), _worst_at(theirs, eps, attacks)
-                paired = None if a is None or b is None else compare_on_shared_points(a, b)
+                comparable = a is not None and b is not None and a.points_kind == b.points_kind
+                paired = compare_on_shared_points(a, b) if comparable else None  # test split or samples, not both
                 if paired is None:
                     continue
                 if attacks is None:

@@ -154,6 +154,10 @@ def test_each_hybrid_meets_its_own_classical_model_on_the_points_both_saw():
     assert "| resnet18-hybrid-full (paper) | resnet18 | 32/255 | AutoAttack | 5 | 100.0 " in autoattack
     assert "| 40.0 [11.8, 76.9] | -60.0 [" in autoattack and autoattack.endswith("| below |")
     assert len(rows) == 2, "AutoAttack and the worst case over every attack, at MNIST's paper eps only here"
+    on_samples = [dict(r, points=dict(r["points"], kind="samples")) if r["model"] == "resnet18" else r
+                  for r in records]
+    assert "resnet18-hybrid-full" not in hybrid_vs_classical_table(on_samples), \
+        "a hybrid on the test split is not paired with a classical model measured on the shipped samples"
 
 
 # --------------------------------------------------------------------------- the ResNet-18 rows
