@@ -26,6 +26,7 @@ def _add_train(sub) -> None:
     from .models import GRAD_MODES
     from .noise import NOISE_KINDS
     from .quantum import ENCODINGS, ENTANGLEMENTS, NOISE_PLACEMENTS
+    from .train import RECIPE_NAMES
 
     p = sub.add_parser("train", help="train a model: pretrained/{dataset}-{model}.safetensors + .json for the "
                        "shipped names, user_models/{dataset}-hybrid-{name}.* for a circuit design")
@@ -48,10 +49,11 @@ def _add_train(sub) -> None:
                    "user_models/ or $QSHIELD_USER_MODELS for a design)")
     p.add_argument("--grad-mode", choices=GRAD_MODES, help="hybrids' gradient mode while training (default: "
                    "differentiable for a design with trainable layers, else paper)")
-    p.add_argument("--recipe", choices=("shipped", "scratch"), default="shipped", help="shipped: each model's own "
+    p.add_argument("--recipe", choices=RECIPE_NAMES, default="shipped", help="shipped: each model's own "
                    "recipe (hybrids fine-tuned from the shipped CNN); scratch: the paper's, from scratch for every "
                    "model (Adam 1e-3, weight decay 1e-4, batch 128, 2 epochs), for a variant name such as "
-                   "hybrid-full@scratch-s1")
+                   "hybrid-full@scratch-s1; extra-epoch: a classical model fine-tuned one epoch as a hybrid's CNN is "
+                   "(the control for the epoch a hybrid adds to its CNN), e.g. resnet18@extra-epoch")
     a = p.add_argument_group("adversarial training (a variant name: --model classical@pgd-at, then "
                              "hybrid-full@pgd-at from it)")
     a.add_argument("--adversarial", choices=ADVERSARIAL_METHODS, help="train on PGD (Madry et al. 2018) or "

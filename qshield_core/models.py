@@ -69,6 +69,19 @@ def classical_of(model_name: str) -> str:
     return with_variant(split_backbone(model_name)[0] or "classical", split_variant(model_name)[1])
 
 
+EXTRA_EPOCH_VARIANT = "extra-epoch"
+"""The variant a classical model takes when it is fine-tuned one epoch as a hybrid's CNN is (the ``extra-epoch``
+recipe of :mod:`qshield_core.train`): the control that tells a hybrid's circuit from the epoch its recipe adds."""
+
+
+def extra_epoch_control_of(model_name: str) -> str | None:
+    """The control of a hybrid built on a classical model (``resnet18@extra-epoch`` for ``resnet18-hybrid-full``):
+    that model trained the hybrid's extra epoch with no circuit; None for a classical model or a variant's hybrid."""
+    if not is_hybrid_name(model_name) or split_variant(model_name)[1] is not None:
+        return None
+    return with_variant(classical_of(model_name), EXTRA_EPOCH_VARIANT)
+
+
 class Normalize(nn.Module):
     """Per-channel standardisation inside the model, so inputs stay in [0, 1]."""
 

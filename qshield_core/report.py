@@ -28,7 +28,7 @@ from .evaluation import (
 )
 from .evaluation import format_interval as _ci
 from .evaluation import format_percent as _pct
-from .models import classical_of, is_hybrid_name
+from .models import EXTRA_EPOCH_VARIANT, classical_of, extra_epoch_control_of, is_hybrid_name, split_variant
 from .resnet import SCRATCH
 
 PAPER_RESULTS_CANDIDATES = (
@@ -48,6 +48,9 @@ the model of ours it stands next to."""
 RESNET18_NOTE = (f"resnet18 is torchvision's ResNet-18 as the paper's code builds it, {SCRATCH}, and "
                  "resnet18-hybrid-full is hybrid-full on it; their paper figures are the paper's CNN and HQCNN-Full, "
                  "an ImageNet-initialised ResNet-18 (model cards: `studies/resnet18/models/*.json`).")
+EXTRA_EPOCH_NOTE = ("A model named `<classical>@extra-epoch` is the control of the hybrid built on that classical "
+                    "model: the same classical model trained the one epoch the hybrid's recipe gives its CNN (Adam, a "
+                    "one-cycle schedule peaking at 1e-4, batch 256), with no circuit (`train --recipe extra-epoch`).")
 PAPER_POINTS_PER_CELL = 440
 """The paper attacked about 5 % of each test set a cell, roughly 440 images (``shared/paper/README.md``, item 9)."""
 
@@ -136,8 +139,13 @@ def paper_reference_model(model: str) -> str:
 
 
 def _resnet18_note(models: Iterable[str]) -> str:
-    """:data:`RESNET18_NOTE` when a table shows a ResNet-18 row, else nothing."""
-    return f"\n\n{RESNET18_NOTE}" if any(m in PAPER_COUNTERPARTS for m in models) else ""
+    """:data:`RESNET18_NOTE` when a table shows a ResNet-18 row (and :data:`EXTRA_EPOCH_NOTE` when it shows a
+    control), else nothing."""
+    models = set(models)
+    notes = [note for note, shown in ((RESNET18_NOTE, any(split_variant(m)[0] in PAPER_COUNTERPARTS for m in models)),
+                                      (EXTRA_EPOCH_NOTE, any(split_variant(m)[1] == EXTRA_EPOCH_VARIANT
+                                                             for m in models))) if shown]
+    return "".join(f"\n\n{note}" for note in notes)
 
 
 def paper_correct_points(paper: dict | None, dataset: str, model: str) -> int:
@@ -328,31 +336,40 @@ def _paired_verdict(low: float, high: float) -> str:
 
 def hybrid_vs_classical_rows(records: list[dict], common_eps: bool = True) -> list[list[str]]:
     """Each hybrid (and mode) with adaptive records against the classical model it is built on
-    (:func:`~qshield_core.models.classical_of`), on the points both saw: AutoAttack (standard and ``rand``
+    (:func:`~qshield_core.models.classical_of`), and against that model's extra-epoch control where it has records
+    (:func:`~qshield_core.models.extra_epoch_control_of`), on the points both saw: AutoAttack (standard and ``rand``
     taken together per point where both ran) and the worst case over every attack, at the paper's eps (and the
     common one, with ``common_eps``), with the paired interval of the difference (hybrid - classical)."""
     adaptive = [r for r in records if r.get("suite") == "adaptive" and is_hybrid_name(r["model"])]
     rows = []
     for dataset, model, mode in sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive}):
-        spec, base = get_spec(dataset), classical_of(model)
         mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
                 and (r["grad_mode"] or "") == mode and r.get("suite")]
-        theirs = [r for r in records if r["dataset"] == dataset and r["model"] == base and r.get("suite")]
-        for eps in dict.fromkeys((spec.paper_eps, spec.common_eps) if common_eps else (spec.paper_eps,)):
-            for label, attacks in (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None)):
-                a, b = _worst_at(mine, eps, attacks), _worst_at(theirs, eps, attacks)
-                comparable = a is not None and b is not None and a.points_kind == b.points_kind
-                paired = compare_on_shared_points(a, b) if comparable else None  # test split or samples, not both
-                if paired is None:
-                    continue
-                if attacks is None:
-                    label = f"every attack ({len(a.attacks)} and {len(b.attacks)})"
-                low, high = paired.difference_ci
-                rows.append([spec.display_name, model + (f" ({mode})" if mode else ""), base, _eps_label(eps), label,
-                             str(paired.n), f"{_pct(paired.accuracy_b)} {_ci(paired.accuracy_b_ci)}",
-                             f"{_pct(paired.accuracy_a)} {_ci(paired.accuracy_a_ci)}",
-                             f"{paired.difference * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]",
-                             _paired_verdict(low, high)])
+        for base in filter(None, (classical_of(model), extra_epoch_control_of(model))):
+            theirs = [r for r in records if r["dataset"] == dataset and r["model"] == base and r.get("suite")]
+            rows += _paired_rows(dataset, model + (f" ({mode})" if mode else ""), mine, base, theirs, common_eps)
+    return rows
+
+
+def _paired_rows(dataset: str, label: str, mine: list[dict], base: str, theirs: list[dict],
+                 common_eps: bool) -> list[list[str]]:
+    """The rows of :func:`hybrid_vs_classical_rows` for one hybrid (and mode) against one classical model."""
+    spec, rows = get_spec(dataset), []
+    for eps in dict.fromkeys((spec.paper_eps, spec.common_eps) if common_eps else (spec.paper_eps,)):
+        for name, attacks in (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None)):
+            a, b = _worst_at(mine, eps, attacks), _worst_at(theirs, eps, attacks)
+            comparable = a is not None and b is not None and a.points_kind == b.points_kind
+            paired = compare_on_shared_points(a, b) if comparable else None  # test split or samples, not both
+            if paired is None:
+                continue
+            if attacks is None:
+                name = f"every attack ({len(a.attacks)} and {len(b.attacks)})"
+            low, high = paired.difference_ci
+            rows.append([spec.display_name, label, base, _eps_label(eps), name,
+                         str(paired.n), f"{_pct(paired.accuracy_b)} {_ci(paired.accuracy_b_ci)}",
+                         f"{_pct(paired.accuracy_a)} {_ci(paired.accuracy_a_ci)}",
+                         f"{paired.difference * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]",
+                         _paired_verdict(low, high)])
     return rows
 
 

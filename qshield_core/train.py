@@ -196,7 +196,13 @@ SCRATCH_RECIPE = dict(epochs=2, batch_size=128, lr=1e-3, weight_decay=1e-4, augm
 """The paper's recipe from scratch for any model, hybrids included (its notebook: Adam at a constant 1e-3, weight
 decay 1e-4, batch 128, no augmentation; no model to start from): the seed study's (issue 14), with 2 epochs sized
 to this machine instead of the paper's 10 (README "The seed study")."""
-RECIPE_NAMES = ("shipped", "scratch")
+EXTRA_EPOCH_RECIPE = dict(HYBRID_RECIPE, recipe="extra-epoch")
+"""A classical model fine-tuned as :data:`HYBRID_RECIPE` fine-tunes a hybrid's CNN, with no circuit: one epoch from
+the model it names (``init_from``), Adam with a one-cycle schedule peaking at ``lr * cnn_lr_scale`` (1e-4), weight
+decay 1e-4, batch 256, the CNN's own data pipeline. A hybrid built on a model has trained its CNN that epoch more
+than the model it is compared with; this is the control (``resnet18@extra-epoch`` beside ``resnet18-hybrid-full``)
+that tells the circuit's effect from the epoch's."""
+RECIPE_NAMES = ("shipped", "scratch", "extra-epoch")
 PAPER_OPTIMISER_MODELS = ("dnn", "resnet18")
 """Models trained as the paper's notebook trains them: Adam at a constant learning rate (:func:`make_optimizer`)."""
 
@@ -208,6 +214,15 @@ def default_config(dataset: str, model: str, recipe: str = "shipped", **override
     hybrid, backbone, base = is_hybrid_name(model), split_backbone(model)[0], split_variant(model)[0]
     if recipe == "scratch":
         return TrainConfig(dataset=dataset, model=model, **dict(SCRATCH_RECIPE, **{
+            k: v for k, v in overrides.items() if v is not None}))
+    if recipe == "extra-epoch":
+        if hybrid or (dataset, base) not in RECIPES:
+            raise ValueError(f"The extra-epoch recipe fine-tunes a classical model (classical, dnn, resnet18), "
+                             f"not {model!r}.")
+        cnn = RECIPES[(dataset, base)]
+        recipe = dict(EXTRA_EPOCH_RECIPE, init_from=base, augment=cnn["augment"],
+                      label_smoothing=cnn.get("label_smoothing", 0.0))
+        return TrainConfig(dataset=dataset, model=model, **dict(recipe, **{
             k: v for k, v in overrides.items() if v is not None}))
     if not hybrid and (dataset, base) not in RECIPES:
         raise ValueError(f"No training recipe for model {model!r}; choose classical, dnn, resnet18, "
@@ -372,7 +387,12 @@ def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """SGD+OneCycle for CNNs from scratch; Adam (paper's choice) with a slower CNN for hybrids; the DNN and the
-    ResNet-18 as the paper trains them: Adam at a constant learning rate, weight decay (L2) on every parameter."""
+    ResNet-18 as the paper trains them: Adam at a constant learning rate, weight decay (L2) on every parameter;
+    the extra-epoch control (:data:`EXTRA_EPOCH_RECIPE`) as a hybrid's CNN group is trained."""
+    if cfg.recipe == "extra-epoch":
+        lr = cfg.lr * cfg.cnn_lr_scale
+        opt = torch.optim.Adam([{"params": model.parameters(), "lr": lr}], weight_decay=cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr], total_steps=steps, pct_start=0.15)
     if split_variant(cfg.model)[0] in PAPER_OPTIMISER_MODELS or cfg.recipe == "scratch":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)

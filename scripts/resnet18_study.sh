@@ -4,7 +4,8 @@
 #
 # 1. train: {dataset}-resnet18 by the paper's recipe (Adam 1e-3, batch 128, no augmentation; 2 epochs on MNIST,
 #    3 on OrganAMNIST: about 40 min each on one loaded core), then {dataset}-resnet18-hybrid-full from it by the
-#    shipped hybrid recipe (1 epoch). One model at a time, each resumable from its checkpoint after every epoch
+#    shipped hybrid recipe (1 epoch), and the control {dataset}-resnet18@extra-epoch (resnet18 trained that epoch
+#    as the hybrid's CNN is, with no circuit: train --recipe extra-epoch). One model at a time, each resumable from its checkpoint after every epoch
 #    (rerun after an interruption); a model whose card and weights are both in MODEL_DIR is skipped.
 # 2. evaluate: grids/resnet18.toml (stage paper: n = 1000; stage adaptive: AutoAttack, n = 500 and 200) into
 #    OUT/paper-reproduction.json and OUT/adaptive.json, the files of grids/results.toml; resumable cell by cell.
@@ -32,18 +33,19 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   train_extra+=(--data samples --epochs 1 --batch-size 20); grid_extra+=(--n 10 --source samples)
 fi
 
-train() {  # dataset model: train one model unless its card and its weights exist
-  local stem=$MODEL_DIR/$1-$2
-  if [[ -f $stem.json && -f $stem.safetensors ]]; then echo "=== $1 $2: $stem.* exist, not retrained"; return 0; fi
-  echo "=== $(date -u +%FT%TZ) train $1 $2"
-  $PY -m qshield_core train --dataset "$1" --model "$2" --resume --threads "$THREADS" --out-dir "$MODEL_DIR" \
-      --checkpoint-dir "$CKPT" "${train_extra[@]}"
+train() {  # dataset model [train options]: train one model unless its card and its weights exist
+  local dataset=$1 model=$2 stem=$MODEL_DIR/$1-$2; shift 2
+  if [[ -f $stem.json && -f $stem.safetensors ]]; then echo "=== $dataset $model: $stem.* exist, not retrained"; return 0; fi
+  echo "=== $(date -u +%FT%TZ) train $dataset $model"
+  $PY -m qshield_core train --dataset "$dataset" --model "$model" --resume --threads "$THREADS" --out-dir "$MODEL_DIR" \
+      --checkpoint-dir "$CKPT" "$@" "${train_extra[@]}"
 }
 
 failed=0
 if [[ " $STEPS " == *" train "* ]]; then
   for d in "${datasets[@]}"; do train "$d" resnet18 || exit 1; done
   for d in "${datasets[@]}"; do train "$d" resnet18-hybrid-full || exit 1; done
+  for d in "${datasets[@]}"; do train "$d" resnet18@extra-epoch --recipe extra-epoch || exit 1; done
 fi
 if [[ " $STEPS " == *" evaluate "* ]]; then
   args=(--out-dir "$OUT" --dataset "${datasets[@]}" --model-dir "$MODEL_DIR" --checkpoint-dir "$CELLS")

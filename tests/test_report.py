@@ -160,6 +160,26 @@ def test_each_hybrid_meets_its_own_classical_model_on_the_points_both_saw():
         "a hybrid on the test split is not paired with a classical model measured on the shipped samples"
 
 
+def test_a_hybrid_also_meets_the_extra_epoch_control_of_its_classical_model():
+    """resnet18@extra-epoch (resnet18 trained the hybrid's extra epoch, no circuit) gets its own rows beside
+    resnet18's, on the points both saw, and the table says what the control is; without its records, no rows."""
+    points = [0, 2, 4, 6, 8]
+    records = [
+        _with_points(make_record("resnet18", "autoattack", 0.5), points, [1] * 5, [0] * 5),
+        _with_points(make_record("resnet18@extra-epoch", "autoattack", 0.5), points, [1] * 5, [1, 1, 1, 0, 0]),
+        _with_points(make_record("resnet18-hybrid-full", "autoattack", 0.5, mode="paper"), points,
+                     [1] * 5, [1, 1, 1, 0, 0]),
+    ]
+    table = hybrid_vs_classical_table(records)
+    rows = [line for line in table.splitlines() if line.startswith("| MNIST") and "| AutoAttack |" in line]
+    assert [r.split(" | ")[2] for r in rows] == ["resnet18", "resnet18@extra-epoch"]
+    assert "| +60.0 [" in rows[0] and rows[0].endswith("| **above** |")
+    assert "| +0.0 [" in rows[1] and rows[1].endswith("| within |"), "above resnet18, not above its control"
+    assert "`train --recipe extra-epoch`" in table
+    without = hybrid_vs_classical_table(records[:1] + records[2:])
+    assert "extra-epoch" not in without and "| resnet18 |" in without
+
+
 # --------------------------------------------------------------------------- the ResNet-18 rows
 
 PAPER_TWO = {"models": ["DNN", "CNN", "HQCNN-Full"], "attacks": ["FGSM", "PGD"],

@@ -24,6 +24,7 @@ from qshield_core.models import (
     build_model,
     classical_of,
     count_parameters,
+    extra_epoch_control_of,
     is_hybrid_name,
     split_backbone,
 )
@@ -114,6 +115,38 @@ def test_the_recipe_is_the_papers():
         default_config("mnist", "resnet18-hybrid-none")
 
 
+CNN_RECIPE_FIELDS = ("epochs", "batch_size", "lr", "cnn_lr_scale", "weight_decay", "augment", "label_smoothing", "seed",
+                     "init_from")
+
+
+def test_the_extra_epoch_control_trains_resnet18_as_the_hybrid_recipe_trains_its_cnn():
+    """resnet18@extra-epoch: the hybrid's recipe field for field, and the learning rate step for step that
+    resnet18-hybrid-full's CNN group follows (Adam, one cycle peaking at 1e-4), with no circuit."""
+    control = default_config("mnist", "resnet18@extra-epoch", recipe="extra-epoch")
+    hybrid = default_config("mnist", "resnet18-hybrid-full")
+    assert [getattr(control, f) for f in CNN_RECIPE_FIELDS] == [getattr(hybrid, f) for f in CNN_RECIPE_FIELDS]
+    torch.manual_seed(0)
+    schedules = []
+    models = build_model("mnist", "resnet18"), build_model("mnist", "resnet18-hybrid-full")
+    for cfg, model in zip((control, hybrid), models, strict=True):
+        opt, sched = make_optimizer(model, cfg, steps=12)
+        assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-4
+        lrs = []
+        for _ in range(12):
+            lrs.append(opt.param_groups[0]["lr"])  # the control's only group; the hybrid's CNN group
+            opt.step()
+            sched.step()
+        schedules.append(lrs)
+    assert schedules[0] == pytest.approx(schedules[1]) and max(schedules[0]) == pytest.approx(1e-4, rel=0.01)
+    assert extra_epoch_control_of("resnet18-hybrid-full") == "resnet18@extra-epoch"
+    assert extra_epoch_control_of("hybrid-full") == "classical@extra-epoch"
+    assert extra_epoch_control_of("resnet18") is None and extra_epoch_control_of("hybrid-full@pgd-at") is None
+    with pytest.raises(ValueError, match="fine-tunes a classical model"):
+        default_config("mnist", "resnet18-hybrid-full@extra-epoch", recipe="extra-epoch")
+    with pytest.raises(ValueError, match="needs a variant name"):
+        default_config("mnist", "resnet18", recipe="extra-epoch")
+
+
 def save_small(directory, dataset: str = "mnist"):
     torch.manual_seed(0)
     model = build_model(dataset, "resnet18").eval()
@@ -146,9 +179,9 @@ def test_a_card_whose_backbone_contradicts_its_name_is_refused(tmp_path):
 
 
 def test_the_study_grid_writes_into_the_tables_files():
-    """grids/resnet18.toml: the paper protocol (n = 1000) and AutoAttack on both models (the hybrid also transfer
-    and BPDA), MNIST and OrganAMNIST,
-    into the results files of grids/results.toml (so the tables show the rows beside ours)."""
+    """grids/resnet18.toml: the paper protocol (n = 1000) and AutoAttack on both models (the hybrid also transfer,
+    BPDA, its differentiable twin and AutoAttack-rand with EOT; the extra-epoch control on the hybrid's points),
+    MNIST and OrganAMNIST, into the results files of grids/results.toml (so the tables show the rows beside ours)."""
     jobs = grid.plan(grid.load_grid(REPO_ROOT / "grids" / "resnet18.toml"), source="samples")
     outs = {j.stage: str(j.out) for j in jobs}
     assert outs == {"paper": "results/paper-reproduction.json", "adaptive": "results/adaptive.json"}
@@ -162,11 +195,17 @@ def test_the_study_grid_writes_into_the_tables_files():
     hybrid = ("organamnist", "resnet18-hybrid-full", "paper")
     assert [c for c in cells if c[0] == "organamnist"] == [
         ("organamnist", "resnet18", None, "autoattack", 500, 8),
-        *((*hybrid, attack, 200, 8) for attack in ("autoattack", "bpda", "transfer-classical"))]
+        ("organamnist", "resnet18-hybrid-full", "differentiable", "autoattack", 200, 8),
+        *((*hybrid, attack, 200, 8) for attack in ("autoattack", "autoattack-rand", "bpda", "transfer-classical")),
+        ("organamnist", "resnet18@extra-epoch", None, "autoattack", 200, 8)]
     assert {c.attack for c in adaptive if c.model == "resnet18"} == {"autoattack"}
-    checks = {(c.grad_mode, c.attack) for c in adaptive if c.dataset == "mnist" and c.model != "resnet18"}
-    assert {("differentiable", "autoattack"), ("paper", "autoattack-rand")} <= checks, \
-        "MNIST's hybrid meets the two checks a randomised model's figure needs"
+    controls = {(c.dataset, c.eps, c.n, c.seed) for c in adaptive if c.model == "resnet18@extra-epoch"}
+    hybrids = {(c.dataset, c.eps, c.n, c.seed) for c in adaptive if c.model == "resnet18-hybrid-full"}
+    assert controls == hybrids, "the control is attacked on the hybrid's points (the seeded subset of its n)"
+    for dataset in ("mnist", "organamnist"):
+        checks = {(c.grad_mode, c.attack) for c in adaptive if c.dataset == dataset and c.model != "resnet18"}
+        assert {("differentiable", "autoattack"), ("paper", "autoattack-rand")} <= checks, \
+            f"{dataset}'s hybrid meets the two checks a randomised model's figure needs"
 
 
 # --------------------------------------------------------------------------- trained on the shipped samples
@@ -214,6 +253,26 @@ def test_training_on_the_samples_writes_a_card_that_says_how(trained):
     assert hybrid["initial_weights"] == f"CNN from mnist-resnet18, {SCRATCH}"
     assert hybrid["paper_model"]["name"] == "HQCNN-Full" and "circuit" in hybrid
     assert hybrid["architecture"].startswith("torchvision resnet18") and "dynamic fusion" in hybrid["architecture"]
+
+
+def test_the_control_starts_from_the_trained_resnet18_and_loads_by_name(trained, tmp_path):
+    """One epoch of the extra-epoch recipe on the samples: the card names the resnet18 it started from (by its
+    weights' digest) and the recipe, and the model loads by its variant name."""
+    _, runs = trained
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = fit(default_config("mnist", "resnet18@extra-epoch", recipe="extra-epoch", batch_size=20,
+                                 extra={"data": "samples"}), checkpoint_dir=tmp_path, log=quiet)
+    finally:
+        torch.set_num_threads(threads)
+    card = run.card
+    assert card["init_from"]["model"] == "mnist-resnet18"
+    assert card["init_from"]["weights_sha256"] == runs["resnet18"].card["weights_sha256"]
+    assert card["hyperparameters"]["recipe"] == "extra-epoch" and card["epochs"] == 1
+    loaded, loaded_card = zoo.load_model("mnist", "resnet18@extra-epoch")
+    assert loaded_card == card and isinstance(loaded, PaperResNet18)
+    assert not torch.equal(next(loaded.parameters()), next(runs["resnet18"].model.parameters()))
 
 
 def test_both_load_by_name_and_a_tampered_copy_is_refused(trained, tmp_path):
