@@ -102,6 +102,11 @@ with smoothing_tab:
         points = ", ".join(str(n) for n in sorted(set(table["n"])))
         st.caption(f"Lines: certified accuracy (proven). Markers: accuracy left under attack (what was broken). "
                    f"Both on the same {points} test points. " + V.TABLE_NOTES)
+        pairs = V.smoothing_pairs(records)
+        if not pairs.empty:
+            st.markdown("**Hybrid against CNN, point by point**")
+            st.dataframe(viz.display_frame(pairs), hide_index=True)
+            st.caption(V.PAIRS_NOTES)
     with st.expander("What randomized smoothing promises", expanded=not records):
         st.markdown(V.SMOOTHING_EXPLAINED)
         st.code(V.SMOOTHING_COMMAND, language="bash")

@@ -187,3 +187,33 @@ def test_a_randomised_model_s_copies_must_share_one_call():
     cert = certify(SharedShift(), x, SmoothingConfig(0.5, n0=10, n=200, batch_size=200), 2,
                    torch.Generator().manual_seed(0))
     assert cert.n == 200
+
+
+def _smoothed_record(model: str, sigma: float, points: str, per_point: list, attacked: list[int]) -> dict:
+    """A certified.json record: per point [label, prediction, radius, count]; the attack's predictions at 0.25."""
+    return {"dataset": "mnist", "model": model, "sigma": sigma, "n": len(per_point), "points_sha256": points,
+            "per_point": per_point, "empirical": [{"radius": 0.25, "predictions": attacked}]}
+
+
+def test_smoothing_pairs_compare_hybrid_and_cnn_point_by_point():
+    """Certified at 0.25: the CNN on points 0-5, the hybrid on 0-3 and 6 (point 4 certified below the radius,
+    point 5 abstained, point 7 wrong): difference (1 - 2) / 8; Newcombe's paired interval of the 2x2 table;
+    a hybrid on other points, or of another sigma, is not paired."""
+    from qshield_core.certify.views import smoothing_pairs
+    from qshield_core.evaluation.metrics import paired_difference_interval
+
+    cnn = _smoothed_record("classical", 0.25, "p", [[1, 1, 0.5, 900]] * 6 + [[1, 2, 0.9, 990], [1, 0, 0.3, 800]],
+                           attacked=[1] * 8)
+    hybrid_points = [[1, 1, 0.5, 900]] * 4 + [[1, 1, 0.1, 600], [1, -1, 0.0, 0], [1, 1, 0.3, 800], [1, 0, 0.3, 800]]
+    hybrid = _smoothed_record("hybrid-full", 0.25, "p", hybrid_points, attacked=[1, 1, 1, 1, 0, 0, 0, 1])
+    frame = smoothing_pairs([cnn, hybrid, dict(hybrid, points_sha256="q"), dict(hybrid, sigma=0.5)])
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    low, high = paired_difference_interval(4, 1, 2, 1)
+    assert row["certified: hybrid - CNN, points [95 % CI]"] == (
+        f"{-1 / 8 * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] (within)")
+    # attacked: the CNN keeps all 8, the hybrid 5 (points 4, 5 and 6 broken)
+    low, high = paired_difference_interval(5, 0, 3, 0)
+    assert row["attacked: hybrid - CNN, points [95 % CI]"] == f"-37.5 [{low * 100:+.1f}, {high * 100:+.1f}] " + (
+        "(below)" if high < 0 else "(within)")
+    assert row["n (same points)"] == 8 and row["hybrid"] == "hybrid-full"
