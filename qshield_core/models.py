@@ -75,11 +75,26 @@ recipe of :mod:`qshield_core.train`): the control that tells a hybrid's circuit 
 
 
 def extra_epoch_control_of(model_name: str) -> str | None:
-    """The control of a hybrid built on a classical model (``resnet18@extra-epoch`` for ``resnet18-hybrid-full``):
-    that model trained the hybrid's extra epoch with no circuit; None for a classical model or a variant's hybrid."""
-    if not is_hybrid_name(model_name) or split_variant(model_name)[1] is not None:
+    """The control of a hybrid built on a classical model: that model trained the hybrid's extra epoch with no
+    circuit, ``resnet18@extra-epoch`` for ``resnet18-hybrid-full`` and ``classical@pgd-at-extra-epoch`` for
+    ``hybrid-full@pgd-at`` (whose classical model is ``classical@pgd-at``); None for a model without a circuit."""
+    if not is_hybrid_name(model_name):
         return None
-    return with_variant(classical_of(model_name), EXTRA_EPOCH_VARIANT)
+    classical = classical_of(model_name)
+    if split_variant(classical)[1] is None:
+        return with_variant(classical, EXTRA_EPOCH_VARIANT)
+    return f"{classical}-{EXTRA_EPOCH_VARIANT}"
+
+
+def extra_epoch_source(model_name: str) -> str | None:
+    """The classical model an extra-epoch control starts from (``resnet18`` for ``resnet18@extra-epoch``,
+    ``classical@pgd-at`` for ``classical@pgd-at-extra-epoch``); None for a name that is not a control's."""
+    base, variant = split_variant(model_name)
+    if variant == EXTRA_EPOCH_VARIANT:
+        return base
+    if variant is not None and variant.endswith(f"-{EXTRA_EPOCH_VARIANT}"):
+        return with_variant(base, variant.removesuffix(f"-{EXTRA_EPOCH_VARIANT}"))
+    return None
 
 
 class Normalize(nn.Module):

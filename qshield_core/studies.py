@@ -274,11 +274,22 @@ def design_study_markdown(records: Sequence[dict], datasets: Sequence[str] = ("m
 ADVTRAIN_EPS = {"mnist": 0.3, "organamnist": 8 / 255}
 """The eps the adversarial-training study trains and attacks at (grids/advtrain.toml)."""
 ADVTRAIN_BASELINE = "classical@pgd-at"
+ADVTRAIN_CONTROL = "classical@pgd-at-extra-epoch"
+"""The defended CNN trained the one epoch (of PGD batches) that hybrid-full@pgd-at's recipe adds to its CNN, with no
+circuit (``train --recipe extra-epoch``; :func:`~qshield_core.models.extra_epoch_control_of`)."""
 
 
 def advtrain_markdown(records: Sequence[dict]) -> str:
-    """The adversarially trained CNN beside its hybrid in both gradient modes, per dataset at its training eps."""
-    tables = [t for t in (study_table(records, d, eps, ADVTRAIN_BASELINE) for d, eps in ADVTRAIN_EPS.items()) if t]
+    """The adversarially trained CNN beside its hybrid in both gradient modes, per dataset at its training eps; where
+    the extra-epoch control has records, a second table compares every model with it."""
+    tables = []
+    for dataset, eps in ADVTRAIN_EPS.items():
+        tables.append(study_table(records, dataset, eps, ADVTRAIN_BASELINE))
+        if any(r["dataset"] == dataset and r["model"] == ADVTRAIN_CONTROL for r in records):
+            tables.append(f"Against the extra-epoch control ({ADVTRAIN_CONTROL}: {ADVTRAIN_BASELINE} trained the "
+                          "hybrid's extra epoch of PGD batches with no circuit; *above the CNN?* compares with it):\n\n"
+                          + study_table(records, dataset, eps, ADVTRAIN_CONTROL))
+    tables = [t for t in tables if t]
     if not tables:
         return "No adversarial-training records yet: `bash scripts/advtrain_study.sh`."
     return "\n\n".join([*tables, advtrain_legend()])

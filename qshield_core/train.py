@@ -71,6 +71,7 @@ from .models import (
     build_model,
     classical_of,
     count_parameters,
+    extra_epoch_source,
     is_hybrid_name,
     split_backbone,
     split_variant,
@@ -198,10 +199,12 @@ decay 1e-4, batch 128, no augmentation; no model to start from): the seed study'
 to this machine instead of the paper's 10 (README "The seed study")."""
 EXTRA_EPOCH_RECIPE = dict(HYBRID_RECIPE, recipe="extra-epoch")
 """A classical model fine-tuned as :data:`HYBRID_RECIPE` fine-tunes a hybrid's CNN, with no circuit: one epoch from
-the model it names (``init_from``), Adam with a one-cycle schedule peaking at ``lr * cnn_lr_scale`` (1e-4), weight
-decay 1e-4, batch 256, the CNN's own data pipeline. A hybrid built on a model has trained its CNN that epoch more
-than the model it is compared with; this is the control (``resnet18@extra-epoch`` beside ``resnet18-hybrid-full``)
-that tells the circuit's effect from the epoch's."""
+the model its name names (``init_from``, :func:`~qshield_core.models.extra_epoch_source`; adversarially, as the
+hybrid's epoch was, with ``adversarial``), Adam with a one-cycle schedule peaking at ``lr * cnn_lr_scale``
+(1e-4), weight decay 1e-4, batch 256, the CNN's own data pipeline. A hybrid built on a model has trained its CNN
+that epoch more than the model it is compared with; this is the control (``resnet18@extra-epoch`` beside
+``resnet18-hybrid-full``, ``classical@pgd-at-extra-epoch`` beside ``hybrid-full@pgd-at``) that tells the circuit's
+effect from the epoch's."""
 RECIPE_NAMES = ("shipped", "scratch", "extra-epoch")
 PAPER_OPTIMISER_MODELS = ("dnn", "resnet18")
 """Models trained as the paper's notebook trains them: Adam at a constant learning rate (:func:`make_optimizer`)."""
@@ -216,11 +219,12 @@ def default_config(dataset: str, model: str, recipe: str = "shipped", **override
         return TrainConfig(dataset=dataset, model=model, **dict(SCRATCH_RECIPE, **{
             k: v for k, v in overrides.items() if v is not None}))
     if recipe == "extra-epoch":
-        if hybrid or (dataset, base) not in RECIPES:
-            raise ValueError(f"The extra-epoch recipe fine-tunes a classical model (classical, dnn, resnet18), "
-                             f"not {model!r}.")
+        source = extra_epoch_source(model)
+        if hybrid or (dataset, base) not in RECIPES or source is None:
+            raise ValueError(f"The extra-epoch recipe fine-tunes a classical model (classical, dnn, resnet18) under a "
+                             f"control's name (resnet18@extra-epoch, classical@pgd-at-extra-epoch), not {model!r}.")
         cnn = RECIPES[(dataset, base)]
-        recipe = dict(EXTRA_EPOCH_RECIPE, init_from=base, augment=cnn["augment"],
+        recipe = dict(EXTRA_EPOCH_RECIPE, init_from=source, augment=cnn["augment"],
                       label_smoothing=cnn.get("label_smoothing", 0.0))
         return TrainConfig(dataset=dataset, model=model, **dict(recipe, **{
             k: v for k, v in overrides.items() if v is not None}))

@@ -7,7 +7,9 @@
 #
 # 1. train: classical@pgd-at (qshield_core.train.ADVERSARIAL_RECIPE: 3 epochs from the shipped CNN), then
 #    hybrid-full@pgd-at from it (the hybrid recipe, its batches attacked through the circuit), into MODEL_DIR with
-#    their cards (each epoch's PGD-20 check in the history). Resumable; a model whose card exists is skipped.
+#    their cards (each epoch's PGD-20 check in the history), and the control classical@pgd-at-extra-epoch
+#    (classical@pgd-at trained the hybrid's one extra epoch of PGD batches as the hybrid's CNN was, with no circuit:
+#    train --recipe extra-epoch). Resumable; a model whose card exists is skipped.
 # 2. evaluate: grids/advtrain.toml into OUT/advtrain.json, resumable cell by cell.
 # 3. tables: OUT/advtrain.md (and README.md's advtrain-study block when OUT is results).
 #
@@ -23,6 +25,8 @@ if wants train; then
     for model in classical@pgd-at hybrid-full@pgd-at; do
       study_train "$d" "$model" --model "$model" --adversarial pgd --adv-steps 7 --adv-eps "${EPS[$d]}" || exit 1
     done
+    study_train "$d" classical@pgd-at-extra-epoch --model classical@pgd-at-extra-epoch --recipe extra-epoch \
+        --adversarial pgd --adv-steps 7 --adv-eps "${EPS[$d]}" || exit 1
   done
 fi
 study_evaluate_and_tables grids/advtrain.toml advtrain advtrain

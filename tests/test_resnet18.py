@@ -25,6 +25,7 @@ from qshield_core.models import (
     classical_of,
     count_parameters,
     extra_epoch_control_of,
+    extra_epoch_source,
     is_hybrid_name,
     split_backbone,
 )
@@ -140,11 +141,21 @@ def test_the_extra_epoch_control_trains_resnet18_as_the_hybrid_recipe_trains_its
     assert schedules[0] == pytest.approx(schedules[1]) and max(schedules[0]) == pytest.approx(1e-4, rel=0.01)
     assert extra_epoch_control_of("resnet18-hybrid-full") == "resnet18@extra-epoch"
     assert extra_epoch_control_of("hybrid-full") == "classical@extra-epoch"
-    assert extra_epoch_control_of("resnet18") is None and extra_epoch_control_of("hybrid-full@pgd-at") is None
+    assert extra_epoch_control_of("resnet18") is None
+    assert extra_epoch_control_of("hybrid-full@pgd-at") == "classical@pgd-at-extra-epoch"
+    assert [extra_epoch_source(m) for m in ("resnet18@extra-epoch", "classical@pgd-at-extra-epoch", "resnet18",
+                                            "classical@pgd-at")] == ["resnet18", "classical@pgd-at", None, None]
+    pgd = {"method": "pgd", "eps": 0.3, "steps": 7, "alpha": 0.3 * 2.5 / 7}
+    defended = default_config("mnist", "classical@pgd-at-extra-epoch", recipe="extra-epoch", adversarial=pgd)
+    its_hybrid = default_config("mnist", "hybrid-full@pgd-at", adversarial=pgd)
+    fields = (*CNN_RECIPE_FIELDS, "adversarial")
+    assert [getattr(defended, f) for f in fields] == [getattr(its_hybrid, f) for f in fields]
+    assert defended.init_from == "classical@pgd-at" and defended.augment == "shift2"
     with pytest.raises(ValueError, match="fine-tunes a classical model"):
         default_config("mnist", "resnet18-hybrid-full@extra-epoch", recipe="extra-epoch")
-    with pytest.raises(ValueError, match="needs a variant name"):
-        default_config("mnist", "resnet18", recipe="extra-epoch")
+    for name in ("resnet18", "resnet18@pgd-at"):
+        with pytest.raises(ValueError, match="under a control's name"):
+            default_config("mnist", name, recipe="extra-epoch")
 
 
 def save_small(directory, dataset: str = "mnist"):

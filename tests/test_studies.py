@@ -8,6 +8,7 @@ import pytest
 from qshield_core.cli import main
 from qshield_core.evaluation import pack_bits, save_results, wilson_interval
 from qshield_core.studies import (
+    ADVTRAIN_CONTROL,
     ADVTRAIN_EPS,
     advtrain_markdown,
     design_study_markdown,
@@ -112,6 +113,29 @@ def test_the_advtrain_table_has_one_row_per_gradient_mode_beside_the_defended_cn
                                                  [" hybrid-full@pgd-at ", " differentiable "],
                                                  [" hybrid-full@pgd-at ", " paper "]]
     assert "76.5/255" in text and "no: within" in rows[1] and rows[0].rstrip().endswith("baseline |")
+
+
+def test_the_advtrain_tables_compare_every_model_with_the_extra_epoch_control_once_it_has_run():
+    """classical@pgd-at-extra-epoch (the defended CNN trained the hybrid's extra epoch, no circuit) keeps 60 of
+    500 points where the defended CNN keeps 50 and the hybrid 60: the hybrid is above the CNN, within its control."""
+    eps = ADVTRAIN_EPS["mnist"]
+
+    def at_eps(rows: list[dict], **fields) -> list[dict]:
+        return [dict(r, eps=None if r["eps"] is None else eps, **fields) for r in rows]
+
+    cnn = at_eps(CNN, model="classical@pgd-at")
+    control = at_eps([r for r in design("x", 0, set(range(60)), set(range(60))) if r["attack"] != "transfer-classical"],
+                     model=ADVTRAIN_CONTROL, grad_mode=None)
+    hybrid = at_eps(design("x", 0, set(range(60)), set(range(60))), grad_mode="paper", model="hybrid-full@pgd-at")
+    without = advtrain_markdown(cnn + hybrid)
+    assert "extra-epoch control" not in without
+    text = advtrain_markdown(cnn + control + hybrid)
+    first, second = text.split("Against the extra-epoch control")
+    rows = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| ")}
+    assert "**above**" in rows["hybrid-full@pgd-at"] and "**above**" in rows[ADVTRAIN_CONTROL]
+    rows = {line.split("|")[1].strip(): line for line in second.splitlines() if line.startswith("| ")}
+    assert "no: within" in rows["hybrid-full@pgd-at"] and rows[ADVTRAIN_CONTROL].rstrip().endswith("baseline |")
+    assert "below" in rows["classical@pgd-at"]
 
 
 def test_the_study_command_writes_the_table_and_the_readme_block(tmp_path, capsys):

@@ -32,11 +32,14 @@ def test_advtrain_and_design_scripts_train_their_models_and_skip_them_the_second
     done = run_script("advtrain_study.sh", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     found = cards(tmp_path)
-    assert set(found) == {"mnist-classical@pgd-at", "mnist-hybrid-full@pgd-at"}
+    assert set(found) == {"mnist-classical@pgd-at", "mnist-hybrid-full@pgd-at", "mnist-classical@pgd-at-extra-epoch"}
     assert found["mnist-classical@pgd-at"]["adversarial_training"]["eps"] == 0.3
     assert found["mnist-hybrid-full@pgd-at"]["init_from"]["model"] == "mnist-classical@pgd-at"
+    control = found["mnist-classical@pgd-at-extra-epoch"]
+    assert control["init_from"]["model"] == "mnist-classical@pgd-at"
+    assert control["hyperparameters"]["recipe"] == "extra-epoch" and control["adversarial_training"]["eps"] == 0.3
     again = run_script("advtrain_study.sh", tmp_path)
-    assert again.returncode == 0 and again.stdout.count("exists, not retrained") == 2
+    assert again.returncode == 0 and again.stdout.count("exists, not retrained") == 3
 
     done = run_script("design_study.sh", tmp_path, DESIGNS="paper-full depth3-trainable-p0.05", SEEDS="1")
     assert done.returncode == 0, done.stderr[-2000:]
