@@ -345,18 +345,21 @@ def hybrid_vs_classical_rows(records: list[dict], common_eps: bool = True) -> li
     for dataset, model, mode in sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive}):
         mine = [r for r in records if r["dataset"] == dataset and r["model"] == model
                 and (r["grad_mode"] or "") == mode and r.get("suite")]
-        for base in filter(None, (classical_of(model), extra_epoch_control_of(model))):
+        label = model + (f" ({mode})" if mode else "")
+        for base, every_attack in ((classical_of(model), True), (extra_epoch_control_of(model), False)):
             theirs = [r for r in records if r["dataset"] == dataset and r["model"] == base and r.get("suite")]
-            rows += _paired_rows(dataset, model + (f" ({mode})" if mode else ""), mine, base, theirs, common_eps)
+            rows += _paired_rows(dataset, label, mine, base, theirs, common_eps, every_attack)
     return rows
 
 
-def _paired_rows(dataset: str, label: str, mine: list[dict], base: str, theirs: list[dict],
-                 common_eps: bool) -> list[list[str]]:
-    """The rows of :func:`hybrid_vs_classical_rows` for one hybrid (and mode) against one classical model."""
+def _paired_rows(dataset: str, label: str, mine: list[dict], base: str, theirs: list[dict], common_eps: bool,
+                 every_attack: bool = True) -> list[list[str]]:
+    """The rows of :func:`hybrid_vs_classical_rows` for one hybrid (and mode) against one classical model: AutoAttack,
+    and with ``every_attack`` the worst case over every attack (not for a control, which meets AutoAttack only)."""
     spec, rows = get_spec(dataset), []
+    kinds = (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None))[:2 if every_attack else 1]
     for eps in dict.fromkeys((spec.paper_eps, spec.common_eps) if common_eps else (spec.paper_eps,)):
-        for name, attacks in (("AutoAttack", ("autoattack", "autoattack-rand")), ("every attack", None)):
+        for name, attacks in kinds:
             a, b = _worst_at(mine, eps, attacks), _worst_at(theirs, eps, attacks)
             comparable = a is not None and b is not None and a.points_kind == b.points_kind
             paired = compare_on_shared_points(a, b) if comparable else None  # test split or samples, not both

@@ -171,6 +171,8 @@ def test_a_hybrid_also_meets_the_extra_epoch_control_of_its_classical_model():
                      [1] * 5, [1, 1, 1, 0, 0]),
     ]
     table = hybrid_vs_classical_table(records)
+    assert [r.split(" | ")[2] for r in table.splitlines() if r.startswith("| MNIST")] == [
+        "resnet18", "resnet18", "resnet18@extra-epoch"], "the control meets AutoAttack only: no every-attack row"
     rows = [line for line in table.splitlines() if line.startswith("| MNIST") and "| AutoAttack |" in line]
     assert [r.split(" | ")[2] for r in rows] == ["resnet18", "resnet18@extra-epoch"]
     assert "| +60.0 [" in rows[0] and rows[0].endswith("| **above** |")
