@@ -671,4 +671,18 @@ def test_certified_page_plots_committed_smoothing_results_and_says_when_there_ar
     table = at.dataframe[0].value
     assert len(table) == 4 and {str(v) for v in table["gap (points)"]} == {"1", "2"} and "n" not in table
     assert any("Both on the same 10 test points" in c.value for c in at.caption)
+    assert len(at.dataframe) == 1, "records without per-point outcomes are not paired"
     assert_no_missing_shown(at)
+    per_point = {"classical": [[1, 1, 0.3, 900]] * 7 + [[1, 0, 0.0, 500]] * 3,  # certified at 0.25 on 7 points
+                 "hybrid-full": [[1, 1, 0.3, 900]] * 6 + [[1, 0, 0.0, 500]] * 4}
+    records = [dict(_certified_record(m, 0.25), points_sha256="same", per_point=per_point[m],
+                    empirical=[dict(e, predictions=[1] * 8 + [0] * 2) for e in _certified_record(m, 0.25)["empirical"]])
+               for m in ("classical", "hybrid-full")]
+    (lab.RESULTS_DIR / "certified.json").write_text(json.dumps({"schema": "qshield.certified/1", "records": records}))
+    at = run_app("pages/certified.py")
+    no_exceptions(at)
+    pairs = at.dataframe[1].value
+    assert list(pairs["L2 radius"]) == [0.25, 0.5]
+    assert pairs["certified: hybrid - CNN, points [95 % CI]"].iloc[0].startswith("-10.0 [")
+    assert pairs["attacked: hybrid - CNN, points [95 % CI]"].iloc[0].startswith("+0.0 [")
+    assert any("point by point on the same test points" in c.value for c in at.caption)

@@ -101,8 +101,10 @@ def _attacked_bits(record: dict, radius: float) -> list[bool] | None:
 def smoothing_pairs(records: list[dict], baseline: str = "classical") -> pd.DataFrame:
     """Each smoothed hybrid against the smoothed CNN of its sigma on the same points (same ``points_sha256``):
     the per-point difference of certified and of attacked accuracy at each attack radius, in points, with
-    Newcombe's interval for paired outcomes. Records on other points are not paired (no row)."""
+    Newcombe's interval for paired outcomes. Records on other points, or without per-point outcomes, are not paired
+    (no row)."""
     rows = []
+    records = [r for r in records if r.get("per_point") and r.get("points_sha256")]  # older records: no pairs
     for cnn in sorted((r for r in records if r["model"] == baseline), key=lambda r: r["sigma"]):
         for hybrid in sorted((r for r in records if r["model"] != baseline and r["sigma"] == cnn["sigma"]
                               and r["points_sha256"] == cnn["points_sha256"]), key=lambda r: r["model"]):
