@@ -129,6 +129,8 @@ def test_the_advtrain_tables_compare_every_model_with_the_extra_epoch_control_on
     hybrid = at_eps(design("x", 0, set(range(60)), set(range(60))), grad_mode="paper", model="hybrid-full@pgd-at")
     without = advtrain_markdown(cnn + hybrid)
     assert "extra-epoch control" not in without
+    before_autoattack = advtrain_markdown(cnn + [r for r in control if r["attack"] != "autoattack"] + hybrid)
+    assert "extra-epoch control" not in before_autoattack and "| classical@pgd-at-extra-epoch |" in before_autoattack
     text = advtrain_markdown(cnn + control + hybrid)
     first, second = text.split("Against the extra-epoch control")
     rows = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| ")}
