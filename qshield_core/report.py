@@ -336,10 +336,11 @@ def _paired_verdict(low: float, high: float) -> str:
 
 def hybrid_vs_classical_rows(records: list[dict], common_eps: bool = True) -> list[list[str]]:
     """Each hybrid (and mode) with adaptive records against the classical model it is built on
-    (:func:`~qshield_core.models.classical_of`), and against that model's extra-epoch control where it has records
-    (:func:`~qshield_core.models.extra_epoch_control_of`), on the points both saw: AutoAttack (standard and ``rand``
+    (:func:`~qshield_core.models.classical_of`), on the points both saw: AutoAttack (standard and ``rand``
     taken together per point where both ran) and the worst case over every attack, at the paper's eps (and the
-    common one, with ``common_eps``), with the paired interval of the difference (hybrid - classical)."""
+    common one, with ``common_eps``), with the paired interval of the difference (hybrid - classical); and, where it
+    has records, against that model's extra-epoch control (:func:`~qshield_core.models.extra_epoch_control_of`) on
+    AutoAttack alone."""
     adaptive = [r for r in records if r.get("suite") == "adaptive" and is_hybrid_name(r["model"])]
     rows = []
     for dataset, model, mode in sorted({(r["dataset"], r["model"], r["grad_mode"] or "") for r in adaptive}):
