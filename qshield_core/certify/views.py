@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
-from ..evaluation.metrics import format_interval, paired_difference_interval
+from ..evaluation.metrics import format_interval, paired_difference_interval, paired_table
 from ..viz import CLASSICAL_COLOUR, HYBRID_COLOUR
 from . import quantum as Q
 
@@ -78,12 +78,10 @@ def smoothing_table(records: list[dict]) -> pd.DataFrame:
 def _paired_cell(hybrid_bits: list[bool], cnn_bits: list[bool]) -> str:
     """``+d [low, high] (verdict)``: hybrid - CNN in points, with Newcombe's paired interval
     (:func:`~qshield_core.evaluation.metrics.paired_difference_interval`)."""
-    pairs = list(zip(hybrid_bits, cnn_bits, strict=True))
-    both, only_hybrid = sum(a and b for a, b in pairs), sum(a and not b for a, b in pairs)
-    only_cnn, neither = sum(b and not a for a, b in pairs), sum(not a and not b for a, b in pairs)
-    low, high = paired_difference_interval(both, only_hybrid, only_cnn, neither)
+    table = paired_table(hybrid_bits, cnn_bits)
+    low, high = paired_difference_interval(*table)
     verdict = "above" if low > 0 else "below" if high < 0 else "within"
-    return f"{(only_hybrid - only_cnn) / len(pairs) * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] ({verdict})"
+    return f"{(table[1] - table[2]) / sum(table) * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] ({verdict})"
 
 
 def _certified_bits(record: dict, radius: float) -> list[bool]:

@@ -50,6 +50,15 @@ def difference_interval(successes_a: int, trials_a: int, successes_b: int, trial
     return (d - math.hypot(p_a - low_a, high_b - p_b), d + math.hypot(high_a - p_a, p_b - low_b))
 
 
+def paired_table(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, int, int]:
+    """The 2x2 table of two outcomes on the same points, as :func:`paired_difference_interval` takes it: points
+    where a and b succeed, a only, b only, neither."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired outcomes need the same points, got {a.shape} and {b.shape}.")
+    return int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())
+
+
 def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int,
                                confidence: float = 0.95) -> tuple[float, float]:
     """Newcombe's hybrid score interval for the difference of two proportions measured on the same points

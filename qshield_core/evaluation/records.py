@@ -27,7 +27,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..attacks import resolve_params
-from .metrics import paired_difference_interval, unpack_bits, wilson_interval
+from .metrics import paired_difference_interval, paired_table, unpack_bits, wilson_interval
 
 SCHEMA = "qshield.results/1"
 """The results file's format: ``{"schema": SCHEMA, "records": [Record, ...]}``."""
@@ -336,8 +336,7 @@ def compare_on_shared_points(a: WorstCase, b: WorstCase) -> PairedComparison | N
     robust_a = np.array([a.outcomes[i] for i in common], dtype=bool)
     robust_b = np.array([b.outcomes[i] for i in common], dtype=bool)
     n, k_a, k_b = len(common), int(robust_a.sum()), int(robust_b.sum())
-    table = (int((robust_a & robust_b).sum()), int((robust_a & ~robust_b).sum()),
-             int((~robust_a & robust_b).sum()), int((~robust_a & ~robust_b).sum()))
+    table = paired_table(robust_a, robust_b)
     return PairedComparison(n, k_a / n, wilson_interval(k_a, n), k_b / n, wilson_interval(k_b, n),
                             (k_a - k_b) / n, paired_difference_interval(*table))
 
