@@ -249,7 +249,8 @@ def _add_grid(sub) -> None:
         "grid", help="run a grid file (grids/*.toml) on Dask: local worker processes, or a cluster",
         description="Plan the cells of a grid file's stages and run those not yet in their results files, one "
                     "task per cell, on a local Dask cluster (one single-threaded worker process per core) or on the "
-                    "cluster at --address / $DASK_SCHEDULER_ADDRESS. Only this process writes the results files.")
+                    "cluster at --address / $DASK_SCHEDULER_ADDRESS. The workers return their records and this process "
+                    "merges each into its results file under the file's lock (records other processes added are kept).")
     p.add_argument("grid", type=Path, help="grid file, e.g. grids/results.toml")
     p.add_argument("--stage", nargs="+", help="only these stages (default: all)")
     p.add_argument("--dataset", nargs="+", help="only these datasets")

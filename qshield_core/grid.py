@@ -10,8 +10,9 @@ seeds of a study's designs) are defined once at the top.
 parameters (:func:`qshield_core.evaluation.is_current`) as one Dask task. A task that raises is
 retried ``retries`` times, and a task whose worker process dies is rescheduled on another one
 (at most ``retries`` times too); after that it is reported with its error and the others finish.
-Every task returns its record to the calling process, which alone writes the results files
-(atomically, :func:`qshield_core.evaluation.save_results`): no file is shared between processes.
+Every task returns its record to the calling process, which alone writes the results files: each
+record is merged into its file under the file's lock (:func:`qshield_core.evaluation.merge_record`), so
+two grids, or a grid and ``evaluate``, can fill the same file without losing each other's records.
 
 Models are loaded once per worker process: the evaluation's model cache lives in the worker and
 outlives its tasks. Every task runs torch on one thread. Without an address a local cluster is
@@ -516,20 +517,18 @@ class GridSummary:
 
 
 class ResultsWriter:
-    """The only writer of the grid's results files: their records held here, a file rewritten
-    atomically after each record added to it (a record replaces the stale one of its key in place)."""
+    """The grid's writer of its results files: each record it receives is merged into its stage's file
+    (:func:`qshield_core.evaluation.merge_record`: the file re-read and rewritten atomically under its
+    lock, the stale record of the same key replaced), so records that another process (a second grid,
+    ``evaluate``) wrote to the same file while this grid ran are kept."""
 
     def __init__(self, outs: Iterable[Path]) -> None:
-        self.records = {out: evaluation.load_results(out) for out in dict.fromkeys(outs)}
+        self.outs = tuple(dict.fromkeys(outs))
 
     def add(self, out: Path, record: dict) -> None:
-        records = self.records[out]
-        at = next((i for i, r in enumerate(records) if r.get("key") == record.get("key")), None)
-        if at is None:
-            records.append(record)
-        else:
-            records[at] = record
-        evaluation.save_results(out, records)
+        if out not in self.outs:
+            raise KeyError(f"{out} is not one of this grid's results files")
+        evaluation.merge_record(out, record)
 
 
 def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETRIES,

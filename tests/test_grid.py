@@ -196,6 +196,38 @@ def test_pending_skips_current_records_and_reruns_stale_ones(tmp_path, serial):
     assert grid.pending(jobs, replace=True)[0] == jobs
 
 
+def test_the_writer_keeps_records_other_processes_added_to_its_file(tmp_path):
+    """Two grids (or a grid and ``evaluate``) filling one results file: a writer opened before the
+    other's record landed must not drop it when it writes its own (it once rewrote the file from
+    the records it had read at its start)."""
+    out = tmp_path / "adaptive.json"
+    evaluation.save_results(out, [{"key": "a", "v": 1}])
+    writer = grid.ResultsWriter([out])
+    evaluation.merge_record(out, {"key": "b", "v": 2})  # another process, while this grid runs
+    writer.add(out, {"key": "c", "v": 3})
+    writer.add(out, {"key": "a", "v": 4})  # a rerun replaces its stale record in place
+    assert evaluation.load_results(out) == [{"key": "a", "v": 4}, {"key": "b", "v": 2}, {"key": "c", "v": 3}]
+    with pytest.raises(KeyError, match="not one of this grid's results files"):
+        writer.add(tmp_path / "other.json", {"key": "d"})
+
+
+def test_two_writers_in_parallel_lose_no_record(tmp_path):
+    out = tmp_path / "results.json"
+    writers = [grid.ResultsWriter([out]) for _ in range(2)]
+
+    def fill(w: int) -> None:
+        for i in range(25):
+            writers[w].add(out, {"key": f"{w}-{i}"})
+
+    threads = [threading.Thread(target=fill, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["key"] for r in evaluation.load_results(out)) == sorted(f"{w}-{i}" for w in range(2)
+                                                                          for i in range(25))
+
+
 # --------------------------------------------------------------------------- on the cluster
 
 
