@@ -25,6 +25,7 @@ one machine, and on each machine, from the root of this repository's checkout (w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -530,6 +531,15 @@ class ResultsWriter:
             raise KeyError(f"{out} is not one of this grid's results files")
         evaluation.merge_record(out, record)
 
+    @staticmethod
+    def keep_aside(out: Path, record: dict) -> Path:
+        """Save a record that could not be merged into ``out`` (e.g. the file was edited into invalid JSON
+        while the grid ran) as a results file of its own beside it; returns its path."""
+        digest = hashlib.sha256(str(record.get("key")).encode()).hexdigest()[:12]
+        aside = out.with_name(f"{out.stem}.unmerged-{digest}.json")
+        evaluation.save_results(aside, [record])
+        return aside
+
 
 def run_jobs(client: Client, jobs: Sequence[Job], *, retries: int = DEFAULT_RETRIES,
              evaluate: Callable[..., dict] = evaluate_one, progress: bool = True,
@@ -606,7 +616,12 @@ def _collect(future, job: Job, writer: ResultsWriter, summary: GridSummary) -> s
         return f"FAILED {job.cell.key}: {summary.failed[job.cell.key]}"
     result = future.result()
     future.release()
-    writer.add(job.out, result["record"])
+    try:
+        writer.add(job.out, result["record"])
+    except (ValueError, OSError) as err:  # the file is unreadable or unwritable: keep the cell's work
+        aside = writer.keep_aside(job.out, result["record"])
+        summary.failed[job.cell.key] = f"its record could not be merged into {job.out} ({err}); it is kept in {aside}"
+        return f"FAILED {job.cell.key}: {summary.failed[job.cell.key]}"
     summary.ran.append(job.cell.key)
     worker = result["worker"]
     summary.cells_per_worker[worker] = summary.cells_per_worker.get(worker, 0) + 1

@@ -211,6 +211,18 @@ def test_the_writer_keeps_records_other_processes_added_to_its_file(tmp_path):
         writer.add(tmp_path / "other.json", {"key": "d"})
 
 
+def test_a_record_that_cannot_be_merged_is_kept_beside_its_file_and_reported(client, tmp_path):
+    jobs = [j for j in tiny_jobs(tmp_path) if j.cell.model == "classical"][:1]
+    jobs[0].out.write_text("{ edited by hand, not JSON")
+    summary = grid.run_jobs(client, jobs, progress=False)
+    [(key, message)] = summary.failed.items()
+    assert key == jobs[0].cell.key and "could not be merged" in message and "not valid JSON" in message
+    [aside] = tmp_path.glob(f"{jobs[0].out.stem}.unmerged-*.json")
+    assert str(aside) in message
+    assert [r["key"] for r in evaluation.load_results(aside)] == [key]
+    assert jobs[0].out.read_text() == "{ edited by hand, not JSON"  # the file as it was left
+
+
 def test_two_writers_in_parallel_lose_no_record(tmp_path):
     out = tmp_path / "results.json"
     writers = [grid.ResultsWriter([out]) for _ in range(2)]
