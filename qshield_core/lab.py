@@ -626,12 +626,22 @@ def study_tables(dataset: str, directory: Path | None = None) -> tuple[list[Stud
             problems.append(f"Results file {study.results_file} could not be read ({err}).")
             continue
         table = studies.study_rows(records, dataset, **options)
-        if table is not None:
-            frame = pd.DataFrame(table.rows, columns=studies.HEADER)[list(STUDY_COLUMNS)]
-            note = study.note(table.results) if study.note else ""
-            tables.append(StudyTable(study.name, study.title, table.title, frame, study.legend(), study.command,
-                                     note))
+        if table is None:
+            continue
+        note = study.note(table.results) if study.note else ""
+        tables.append(_study_table(study, study.title, table.title, table, note))
+        for heading, caption, more in study.more_tables(records, dataset) if study.more_tables else ():
+            extra = studies.study_rows(records, dataset, **more)
+            if extra is not None:
+                tables.append(_study_table(study, heading, f"{caption}. {extra.title}", extra))
     return tables, problems
+
+
+def _study_table(study: studies.Study, title: str, caption: str, table: studies.StudyRows,
+                 note: str = "") -> StudyTable:
+    frame = pd.DataFrame(table.rows, columns=studies.HEADER)[list(STUDY_COLUMNS)]
+    frame = frame.replace(r"\*\*", "", regex=True)  # the README's bold: a data frame shows Markdown as typed
+    return StudyTable(study.name, title, caption, frame, study.legend(), study.command, note)
 
 
 def result_files(directory: Path | None = None) -> list[Path]:

@@ -279,17 +279,30 @@ ADVTRAIN_CONTROL = "classical@pgd-at-extra-epoch"
 circuit (``train --recipe extra-epoch``; :func:`~qshield_core.models.extra_epoch_control_of`)."""
 
 
+ADVTRAIN_CONTROL_CAPTION = (f"Against the extra-epoch control ({ADVTRAIN_CONTROL}: {ADVTRAIN_BASELINE} trained the "
+                            "hybrid's extra epoch of PGD batches with no circuit; *above the CNN?* compares with it)")
+
+
+def advtrain_control_tables(records: Sequence[dict], dataset: str) -> list[tuple[str, str, dict]]:
+    """The advtrain study's second table for ``dataset``, as (heading, caption, :func:`study_rows` options): every
+    model against the extra-epoch control, once the control has met AutoAttack (before that, each of its rows
+    would read pending)."""
+    control_met_autoattack = any(r["dataset"] == dataset and r["model"] == ADVTRAIN_CONTROL
+                                 and r["attack"] == "autoattack" for r in records)
+    if dataset not in ADVTRAIN_EPS or not control_met_autoattack:
+        return []
+    return [("Adversarial training: against the extra-epoch control", ADVTRAIN_CONTROL_CAPTION,
+             {"eps": ADVTRAIN_EPS[dataset], "baseline": ADVTRAIN_CONTROL})]
+
+
 def advtrain_markdown(records: Sequence[dict]) -> str:
     """The adversarially trained CNN beside its hybrid in both gradient modes, per dataset at its training eps; once
     the extra-epoch control has met AutoAttack, a second table compares every model with it."""
     tables = []
     for dataset, eps in ADVTRAIN_EPS.items():
         tables.append(study_table(records, dataset, eps, ADVTRAIN_BASELINE))
-        if any(r["dataset"] == dataset and r["model"] == ADVTRAIN_CONTROL and r["attack"] == "autoattack"
-               for r in records):  # until the control has met AutoAttack, every row of that table is pending
-            tables.append(f"Against the extra-epoch control ({ADVTRAIN_CONTROL}: {ADVTRAIN_BASELINE} trained the "
-                          "hybrid's extra epoch of PGD batches with no circuit; *above the CNN?* compares with it):\n\n"
-                          + study_table(records, dataset, eps, ADVTRAIN_CONTROL))
+        tables += [f"{caption}:\n\n" + study_table(records, dataset, **options)
+                   for _, caption, options in advtrain_control_tables(records, dataset)]
     tables = [t for t in tables if t]
     if not tables:
         return "No adversarial-training records yet: `bash scripts/advtrain_study.sh`."
@@ -380,6 +393,9 @@ class Study:
     note: Callable[[dict], str] | None = None
     """A sentence beside a dataset's table, from the results its rows were made from (the seed study's
     ordering check)."""
+    more_tables: Callable[[Sequence[dict], str], list[tuple[str, str, dict]]] | None = None
+    """Further tables of a dataset from its records, as (heading, caption, :func:`study_rows` options): the
+    advtrain study's comparison with its extra-epoch control."""
 
     @property
     def command(self) -> str:
@@ -394,7 +410,7 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("advtrain", "advtrain.json", "Adversarial training: does the circuit add to a real defence?",
           "scripts/advtrain_study.sh", advtrain_markdown, advtrain_legend,
           lambda dataset: ({"eps": ADVTRAIN_EPS[dataset], "baseline": ADVTRAIN_BASELINE}
-                           if dataset in ADVTRAIN_EPS else None)),
+                           if dataset in ADVTRAIN_EPS else None), more_tables=advtrain_control_tables),
     Study("seed", "seed-study.json", "Seed study: the paper's entanglement ordering over training seeds",
           "scripts/seed_study.sh", seed_study_markdown, seed_legend,
           lambda dataset: {"baseline": SEED_BASELINE, "autoattack_modes": SEED_AUTOATTACK_MODES}, seed_study_note),

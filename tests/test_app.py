@@ -487,8 +487,13 @@ def test_quantum_page_shows_the_committed_studies_for_its_dataset():
     assert "Adversarial training: does the circuit add to a real defence?" in shown
     assert "Seed study: the paper's entanglement ordering over training seeds" in shown
     assert "The paper's ordering: not enough seeds yet" in shown, "hybrid-none, -linear and -star have no seed"
-    design, advtrain, seed = (frame.value for frame in at.dataframe[:3])
+    assert "Adversarial training: against the extra-epoch control" in shown, "the control has met AutoAttack"
+    design, advtrain, against_control, seed = (frame.value for frame in at.dataframe[:4])
     assert seed.set_index("model").loc["hybrid-full@scratch", "seeds"] == "2"
+    assert against_control["model"].tolist()[0] == studies.ADVTRAIN_CONTROL
+    assert against_control.set_index("model").loc["classical@pgd-at", "above the CNN?"].startswith("below")
+    assert advtrain.set_index("model").loc[studies.ADVTRAIN_CONTROL, "above the CNN?"] == "above, every seed (1)", \
+        "no Markdown asterisks in a data frame"
     assert sorted(design.columns) == sorted(studies.HEADER) and list(design.columns)[3] == "above the CNN?"
     assert design.set_index("model").loc["paper-full", ["mode", "seeds"]].tolist() == ["paper", "3"]
     assert advtrain["model"].tolist()[0] == "classical@pgd-at"

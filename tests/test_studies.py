@@ -10,6 +10,7 @@ from qshield_core.evaluation import pack_bits, save_results, wilson_interval
 from qshield_core.studies import (
     ADVTRAIN_CONTROL,
     ADVTRAIN_EPS,
+    advtrain_control_tables,
     advtrain_markdown,
     design_study_markdown,
     ordering_check,
@@ -131,6 +132,10 @@ def test_the_advtrain_tables_compare_every_model_with_the_extra_epoch_control_on
     assert "extra-epoch control" not in without
     before_autoattack = advtrain_markdown(cnn + [r for r in control if r["attack"] != "autoattack"] + hybrid)
     assert "extra-epoch control" not in before_autoattack and "| classical@pgd-at-extra-epoch |" in before_autoattack
+    assert advtrain_control_tables(cnn + hybrid, "mnist") == []
+    assert advtrain_control_tables(cnn + control + hybrid, "organamnist") == [], "the control ran on MNIST only"
+    [(heading, _, options)] = advtrain_control_tables(cnn + control + hybrid, "mnist")
+    assert "extra-epoch control" in heading and options == {"eps": eps, "baseline": ADVTRAIN_CONTROL}
     text = advtrain_markdown(cnn + control + hybrid)
     first, second = text.split("Against the extra-epoch control")
     rows = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| ")}
