@@ -229,8 +229,9 @@ def study_rows(records: Sequence[dict], dataset: str, eps: float | None = None, 
             for (model, _), seeds in results.items()]
     in_255 = f"{eps * 255:.3g}/255"
     eps_text = in_255 if abs(eps * 255 - round(eps * 255)) < 1e-9 else f"{eps:g} ({in_255})"
-    title = (f"**{spec.display_name}**, eps = {eps_text}, "
-             f"n = {', '.join(map(str, sorted(n))) or '-'} test points (the same for every model)"
+    points = (f"n = {', '.join(map(str, sorted(n)))} test points (the same for every model)" if n
+              else "no model's worst case complete yet")
+    title = (f"**{spec.display_name}**, eps = {eps_text}, {points}"
              + (f"; PGD-10 on {', '.join(map(str, sorted(pgd_n)))}" if pgd_n else ""))
     return StudyRows(title, rows, results)
 

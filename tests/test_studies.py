@@ -284,3 +284,10 @@ def test_a_seed_missing_in_the_middle_leaves_its_own_place_empty():
     differences = rows["differentiable"][8].split("; ")
     assert differences[0].startswith("+2.0") and differences[1] == "·" and differences[2].startswith("+10.0")
     assert rows["differentiable"][2] == "2 of 3" and rows["differentiable"][9] == "pending (2 of 3 seeds)"
+
+
+def test_the_title_says_no_worst_case_is_complete_rather_than_an_empty_n():
+    cnn_without_autoattack = [r for r in CNN if r["attack"] != "autoattack"]
+    title = study_table(cnn_without_autoattack, "mnist").splitlines()[0]
+    assert "no model's worst case complete yet" in title and "n = -" not in title
+    assert f"n = {N} test points" in study_table(CNN, "mnist").splitlines()[0]
